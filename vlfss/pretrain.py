@@ -1,0 +1,232 @@
+"""Contrastive pretraining of the tiny CLIP on the synthetic world, from image-level captions only.
+
+Masks never reach this training. Each step sees a batch of generated images with their captions and
+one randomly worded prompt per class. The loss is a sigmoid image-text loss (SigLIP) in two forms:
+
+* token-wise (FILIP-style late interaction): the logit of (image, class prompt) is a smooth maximum
+  over the image's patch tokens of ``scale * cos(patch, text) + bias``, so patch tokens themselves must
+  carry the class, which is what dense segmentation later reads;
+* global: the average-pooled image embedding against the same prompts, and against every caption of
+  the batch, positive where the caption names exactly the image's classes (UniCL-style: no false
+  negatives from other images that share the classes).
+
+Why not plain CLIP's InfoNCE over captions: ../shared/notes/stand-in-clip.md measured that it learns
+colour or nothing on this machine in the time available.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.synthetic import CLASS_NAMES, NUM_CLASSES, SyntheticConfig, class_prompt, generate_scene
+from .io_utils import atomic_save_safetensors, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class PretrainConfig:
+    """Tiny-CLIP pretraining on the synthetic world."""
+
+    model: str = "vlfss-tiny-vit"  # open_clip config name (registered from vlfss/assets)
+    out_dir: str = "runs/tiny_clip"  # checkpoints, log and final weights
+    seed: int = 0  # seeds the model init and the scene stream
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 48  # images per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases, embeddings' scale)
+    warmup: int = 150  # linear warm-up steps, then cosine decay to 5% of lr
+    lse_temperature: float = 1.0  # smooth-max sharpness over patches of the token-wise logits
+    w_global: float = 0.5  # weight of the global sigmoid losses
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    eval_every: int = 250  # steps between zero-shot dense checks on held-out scenes
+    eval_images: int = 96  # held-out scenes for that check
+    threads: int = 2  # torch intra-op threads
+    workers: int = 1  # scene-generating worker processes
+
+
+class _SceneStream(torch.utils.data.IterableDataset):
+    """Endless batches of (image tensor, caption, class multi-hot), deterministic per (seed, step)."""
+
+    def __init__(self, seed: int, batch: int, start_step: int, cfg: SyntheticConfig):
+        self.seed, self.batch, self.start, self.cfg = seed, batch, start_step, cfg
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + wid
+        while True:
+            yield step, _make_batch(self.seed, step, self.batch, self.cfg)
+            step += nw
+
+
+def _normalise(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig):
+    scenes = [generate_scene(seed, 1_000_000 + step * batch + i, cfg) for i in range(batch)]
+    imgs = np.stack([s.image for s in scenes])
+    # Free augmentation that keeps the class: flips and 90 degree turns.
+    rng = np.random.default_rng([seed, step, 7])
+    k = int(rng.integers(4))
+    imgs = np.ascontiguousarray(np.rot90(imgs, k, axes=(1, 2)))
+    if rng.random() < 0.5:
+        imgs = np.ascontiguousarray(imgs[:, :, ::-1])
+    target = np.zeros((batch, NUM_CLASSES), np.float32)
+    for i, s in enumerate(scenes):
+        target[i, s.class_ids] = 1.0
+    prompts = [class_prompt(n, rng) for n in CLASS_NAMES]
+    return _normalise(imgs), [s.caption for s in scenes], torch.from_numpy(target), prompts
+
+
+def dense_embeddings(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled B x D, patch tokens B x P x D) in the joint space, before normalisation."""
+    vis = model.visual
+    x = vis._embeds(images)
+    x = vis.transformer(x)
+    x = vis.ln_post(x)
+    tokens = x[:, 1:] @ vis.proj
+    return tokens.mean(1), tokens
+
+
+def pretrain_losses(model, images, captions_tok, prompts_tok, target, class_sets, cfg: PretrainConfig):
+    """The three sigmoid losses (token-wise, global-vs-prompts, global-vs-captions) and their sum."""
+    pooled, tokens = dense_embeddings(model, images)
+    tokens = F.normalize(tokens, dim=-1)  # B x P x D
+    pooled = F.normalize(pooled, dim=-1)  # B x D
+    t_cls = F.normalize(model.encode_text(prompts_tok), dim=-1)  # C x D
+    t_cap = F.normalize(model.encode_text(captions_tok), dim=-1)  # B x D
+    scale, bias = model.logit_scale.exp(), model.logit_bias
+    patch_logits = scale * torch.einsum("bpd,cd->bpc", tokens, t_cls) + bias  # B x P x C
+    r = cfg.lse_temperature
+    n = patch_logits.shape[1]
+    img_logits = (torch.logsumexp(r * patch_logits, dim=1) - math.log(n)) / r  # B x C
+    loss_tok = F.binary_cross_entropy_with_logits(img_logits, target)
+    loss_glob = F.binary_cross_entropy_with_logits(scale * pooled @ t_cls.T + bias, target)
+    same = torch.tensor([[a == b for b in class_sets] for a in class_sets], dtype=torch.float32)
+    loss_cap = F.binary_cross_entropy_with_logits(scale * pooled @ t_cap.T + bias, same)
+    total = loss_tok + cfg.w_global * (loss_glob + loss_cap)
+    return total, {"tok": loss_tok.item(), "glob": loss_glob.item(), "cap": loss_cap.item()}
+
+
+@torch.no_grad()
+def zero_shot_dense_miou(model, tokenizer, seed: int, n: int, cfg: SyntheticConfig) -> float:
+    """Class-wise mIoU of text-only dense labelling on held-out scenes (patch logits > 0 is foreground)."""
+    scenes = [generate_scene(seed + 1, i, cfg) for i in range(n)]
+    images = _normalise(np.stack([s.image for s in scenes]))
+    _, tokens = dense_embeddings(model, images)
+    tokens = F.normalize(tokens, dim=-1)
+    text = F.normalize(model.encode_text(tokenizer(list(CLASS_NAMES))), dim=-1)
+    logits = model.logit_scale.exp() * tokens @ text.T + model.logit_bias  # B x P x C
+    g = int(math.sqrt(logits.shape[1]))
+    logits = logits.transpose(1, 2).reshape(len(scenes), NUM_CLASSES, g, g)
+    logits = F.interpolate(logits, size=cfg.image_size, mode="bilinear", align_corners=False)
+    best, idx = logits.max(1)
+    pred = torch.where(best > 0, idx + 1, torch.zeros_like(idx)).numpy()
+    gt = np.stack([s.mask for s in scenes])
+    ious = []
+    for c in range(1, NUM_CLASSES + 1):
+        inter = np.logical_and(pred == c, gt == c).sum()
+        union = np.logical_or(pred == c, gt == c).sum()
+        if (gt == c).any():
+            ious.append(inter / max(union, 1))
+    return float(np.mean(ious))
+
+
+def _lr(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _param_groups(model, wd: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "logit_" in name or "embedding" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
+    """Train; checkpoint every ``checkpoint_every`` steps; resume from ``out_dir/last.pt`` if present."""
+    import open_clip
+
+    from .backbones import register_open_clip_configs
+
+    register_open_clip_configs()
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = open_clip.create_model(cfg.model)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    start = 0
+    ckpt = out / "last.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt, start)
+    scfg = SyntheticConfig()
+    stream = _SceneStream(cfg.seed, cfg.batch_size, start, scfg)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers)
+    logf = open(out / "log.jsonl", "a")
+    t0 = time.time()
+    model.train()
+    for step, (images, captions, target, prompts) in loader:
+        if step >= cfg.steps:
+            break
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg)
+        class_sets = [tuple(np.nonzero(t.numpy())[0]) for t in target]
+        loss, parts = pretrain_losses(
+            model, images, tokenizer(captions), tokenizer(prompts), target, class_sets, cfg
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        rec = {"step": step + 1, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
+               "lr": _lr(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            model.eval()
+            rec["zs_dense_miou"] = round(zero_shot_dense_miou(model, tokenizer, cfg.seed, cfg.eval_images, scfg), 4)
+            model.train()
+        if (step + 1) % 10 == 0 or "zs_dense_miou" in rec:
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            log.info("%s", rec)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, tmp)
+            os.replace(tmp, ckpt)
+    logf.close()
+    model.eval()
+    final = out / f"{cfg.model}.safetensors"
+    atomic_save_safetensors({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
+                            final, metadata={"model": cfg.model, "seed": str(cfg.seed), "steps": str(cfg.steps)})
+    atomic_write_text(out / "final.json", json.dumps({"steps": cfg.steps, "seed": cfg.seed,
+                                                      "wall_s": round(time.time() - t0, 1)}))
+    return final
