@@ -1,0 +1,141 @@
+"""Pure tensor maths: mask pooling, prototypes, similarity maps, label maps, uncertainty, losses.
+
+Nothing here mutates its inputs or holds state. Masks use 0 background, 1 foreground, 255 ignore.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE = 255
+
+
+def mask_weights(masks: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Foreground and background weights at feature resolution. masks: K x H x W in {0, 1, 255}.
+
+    Returns (fg, bg), each K x h x w in [0, 1]: the fraction of each feature cell covered by
+    foreground / background pixels (ignored pixels count for neither). Area pooling keeps tiny objects.
+    """
+    m = masks.float()
+    valid = (masks != IGNORE).float()
+    fg = ((m == 1).float() * valid).unsqueeze(1)
+    bg = ((m == 0).float() * valid).unsqueeze(1)
+    fg = F.adaptive_avg_pool2d(fg, size) if fg.shape[-2:] != size else fg
+    bg = F.adaptive_avg_pool2d(bg, size) if bg.shape[-2:] != size else bg
+    return fg[:, 0], bg[:, 0]
+
+
+def masked_average_pool(feats: Tensor, weights: Tensor, eps: float = 1e-6) -> Tensor:
+    """Weighted mean of features. feats: K x C x h x w, weights: K x h x w -> K x C."""
+    w = weights.unsqueeze(1)  # K x 1 x h x w
+    return (feats * w).sum((2, 3)) / (w.sum((2, 3)) + eps)
+
+
+def prototypes(feats: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Foreground and background prototypes, one per support. feats K x C x h x w, masks K x H x W -> 2 x (K x C)."""
+    fg_w, bg_w = mask_weights(masks, tuple(feats.shape[-2:]))
+    return masked_average_pool(feats, fg_w), masked_average_pool(feats, bg_w)
+
+
+def kmeans(x: Tensor, k: int, iters: int = 10, seed: int = 0) -> Tensor:
+    """k-means on rows of x (M x C) with deterministic farthest-point init; returns k x C centres (k <= M)."""
+    m = x.shape[0]
+    k = max(1, min(k, m))
+    g = torch.Generator().manual_seed(seed)
+    first = int(torch.randint(m, (1,), generator=g))
+    idx = [first]
+    d = torch.cdist(x, x[first:first + 1]).squeeze(1)
+    for _ in range(1, k):
+        nxt = int(torch.argmax(d))
+        idx.append(nxt)
+        d = torch.minimum(d, torch.cdist(x, x[nxt:nxt + 1]).squeeze(1))
+    centres = x[idx].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centres).argmin(1)
+        for j in range(k):
+            sel = assign == j
+            if sel.any():
+                centres[j] = x[sel].mean(0)
+    return centres
+
+
+def multi_prototypes(feats: Tensor, masks: Tensor, k: int, threshold: float = 0.5, seed: int = 0) -> Tensor:
+    """Up to k foreground prototypes by k-means over support foreground feature cells (all K supports pooled).
+
+    feats K x C x h x w, masks K x H x W -> k' x C with k' <= k (fewer if there are fewer foreground cells).
+    Cells count as foreground where at least ``threshold`` of their area is foreground; if none
+    qualifies, the single masked-average prototype is returned.
+    """
+    fg_w, _ = mask_weights(masks, tuple(feats.shape[-2:]))
+    cells = feats.permute(0, 2, 3, 1)[fg_w >= threshold]  # M x C
+    if cells.shape[0] == 0:
+        return masked_average_pool(feats, fg_w).mean(0, keepdim=True)
+    return kmeans(cells, k, seed=seed)
+
+
+def cosine_map(feats: Tensor, protos: Tensor) -> Tensor:
+    """Cosine similarity of every feature cell to every prototype. feats B x C x h x w, protos M x C -> B x M x h x w."""
+    f = F.normalize(feats, dim=1)
+    p = F.normalize(protos, dim=-1)
+    return torch.einsum("bchw,mc->bmhw", f, p)
+
+
+def foreground_logit(fg_sim: Tensor, bg_sim: Tensor, temperature: float) -> Tensor:
+    """Log-odds of foreground from similarities to foreground and background evidence: (fg - bg) / T."""
+    return (fg_sim - bg_sim) / temperature
+
+
+def nway_logits(fg_logits: Tensor) -> Tensor:
+    """B x N x h x w per-class foreground log-odds -> B x (N+1) x h x w with background logit 0 in channel 0.
+
+    With one class the softmax equals the sigmoid of its log-odds; with N classes they compete.
+    """
+    zeros = torch.zeros_like(fg_logits[:, :1])
+    return torch.cat([zeros, fg_logits], dim=1)
+
+
+def label_map(probs: Tensor) -> Tensor:
+    """B x (N+1) x H x W probabilities -> B x H x W labels (0 background, 1..N classes)."""
+    return probs.argmax(1)
+
+
+def normalised_entropy(probs: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per-pixel entropy of B x C x H x W probabilities divided by log C (0 certain .. 1 uniform)."""
+    c = probs.shape[1]
+    ent = -(probs * (probs + eps).log()).sum(1)
+    return ent / math.log(c) if c > 1 else torch.zeros_like(ent)
+
+
+def dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
+    """Soft dice loss for binary log-odds B x H x W against target {0,1,255} (255 ignored)."""
+    valid = (target != IGNORE).float()
+    p = torch.sigmoid(logits) * valid
+    t = (target == 1).float() * valid
+    inter = (p * t).sum((1, 2))
+    return (1 - (2 * inter + eps) / (p.sum((1, 2)) + t.sum((1, 2)) + eps)).mean()
+
+
+def bce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0) -> Tensor:
+    """Binary cross-entropy (ignoring 255) plus dice, for B x H x W log-odds."""
+    valid = target != IGNORE
+    bce = F.binary_cross_entropy_with_logits(logits[valid], (target[valid] == 1).float()) if valid.any() else \
+        logits.sum() * 0
+    return bce + dice_weight * dice_loss(logits, target)
+
+
+def nway_ce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0) -> Tensor:
+    """Cross-entropy over B x (N+1) x H x W logits with labels 0..N (255 ignored) plus per-class dice."""
+    ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
+    if dice_weight == 0:
+        return ce
+    probs = logits.softmax(1)
+    valid = (target != IGNORE).unsqueeze(1).float()
+    onehot = F.one_hot(torch.where(target == IGNORE, 0, target).long(), logits.shape[1]).permute(0, 3, 1, 2).float()
+    p, t = probs[:, 1:] * valid, onehot[:, 1:] * valid
+    inter = (p * t).sum((2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum((2, 3)) + t.sum((2, 3)) + 1)
+    return ce + dice_weight * dice.mean()

@@ -1,0 +1,562 @@
+"""The segmenter: one forward for text-only, examples-only and text+examples, 1..N classes, 0..K shots.
+
+``Segmenter`` composes a frozen backbone (``backbones``), prompts (``prompts``), the pure maths in
+``functional`` and, in learned mode, a ``SegHead`` (cross-attention fusion + decoder). Images keep their
+aspect: the long side is resized to ``input_size`` (sides rounded to the patch size), features are cached
+per image content, and masks come back at each image's original size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as fn
+from .backbones import FrozenBackbone, build_backbone
+from .cache import FeatureCache, content_hash
+from .decoder import Decoder
+from .errors import InputError, ModelError
+from .fusion import CrossAttentionFusion
+from .imageio import ImageLike, load_image, load_mask
+from .io_utils import atomic_save_safetensors
+from .prompts import PromptLearner, ensemble_text_embeddings, load_templates
+
+log = logging.getLogger(__name__)
+
+HEAD_FORMAT = "vlfss-head/1"
+Mode = Literal["auto", "training-free", "learned"]
+
+
+# ------------------------------------------------------------------------------------------ configs
+@dataclass
+class TrainingFreeConfig:
+    """How similarity maps become log-odds in training-free mode."""
+
+    text_weight: float = 1.0  # weight of the text log-odds when examples are given too
+    proto_weight: float = 1.0  # weight of the prototype log-odds
+    text_scale: float | None = None  # cosine -> logit multiplier for text; None: the model's logit scale
+    text_threshold: float | None = None  # background cosine for text; None: -bias/scale (SigLIP) or bg prompts
+    background_prompts: list[str] = field(default_factory=lambda: ["background", "a plain background"])
+    proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes
+    num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground
+
+
+@dataclass
+class HeadConfig:
+    """Size of the learned fusion module and decoder."""
+
+    dim: int = 64  # token width inside the fusion module
+    heads: int = 4  # attention heads
+    layers: int = 2  # cross-attention layers
+    hidden: int = 64  # decoder channels
+    max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything that decides what the segmenter computes."""
+
+    model: str = "vlfss-tiny"  # backbone name (see `vlfss models`)
+    pretrained: str | None = None  # open_clip tag or local weights file; None: the model's default
+    cache_dir: str | None = None  # where hub downloads go (open_clip / transformers)
+    device: str = "cpu"
+    mode: Mode = "auto"  # auto: learned when head weights exist, else training-free
+    head_path: str | None = None  # learned head (safetensors); None: the one shipped for the model, if any
+    variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
+    templates: str = "default"  # template set for class names (prompts/templates/<name>.txt) or a file
+    input_size: int | None = None  # encoder long side in pixels; None: the model's native size
+    autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
+    feature_cache_items: int = 256  # in-memory feature cache size
+    feature_cache_dir: str | None = None  # optional on-disk feature cache
+    training_free: TrainingFreeConfig = field(default_factory=TrainingFreeConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+# ------------------------------------------------------------------------------------------- output
+@dataclass
+class SegmentationOutput:
+    """Per-image result at the image's original size."""
+
+    class_names: list[str]  # N names; label i+1 is class_names[i], 0 is background
+    logits: Tensor  # (N+1) x H x W
+    probs: Tensor  # (N+1) x H x W, softmax over background + classes
+    labels: Tensor  # H x W long, argmax of probs
+    masks: Tensor  # N x H x W bool, labels == i+1
+    confidence: Tensor  # H x W, max probability
+    entropy: Tensor  # H x W, normalised entropy (0 certain, 1 uniform)
+
+    def summary(self) -> dict[str, Any]:
+        """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
+        total = int(self.labels.numel())
+        classes = []
+        for i, name in enumerate(self.class_names):
+            m = self.masks[i]
+            area = int(m.sum())
+            classes.append({"label": i + 1, "name": name, "area_px": area, "area_frac": round(area / total, 5),
+                            "mean_confidence": round(float(self.confidence[m].mean()) if area else 0.0, 4)})
+        return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]), "classes": classes,
+                "mean_confidence": round(float(self.confidence.mean()), 4),
+                "mean_entropy": round(float(self.entropy.mean()), 4)}
+
+
+def make_output(logits: Tensor, class_names: list[str]) -> SegmentationOutput:
+    """(N+1) x H x W logits -> SegmentationOutput."""
+    probs = logits.float().softmax(0)
+    labels = probs.argmax(0)
+    n = len(class_names)
+    masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
+    return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
+                              confidence=probs.max(0).values,
+                              entropy=fn.normalised_entropy(probs.unsqueeze(0))[0])
+
+
+# ------------------------------------------------------------------------------------ internal data
+@dataclass
+class Encoded:
+    """Cached features of one image at encoder resolution."""
+
+    taps: list[Tensor]  # each C x h x w
+    z: Tensor  # D x h x w
+    rgb: Tensor  # 3 x H' x W' normalised encoder input (for the decoder's RGB stem)
+    size: tuple[int, int]  # original H, W
+
+
+@dataclass
+class ClassSpec:
+    """One class of a request: its name, text embedding and encoded support examples."""
+
+    name: str
+    text: Tensor | None  # D normalised
+    supports: list[tuple[Encoded, Tensor]]  # (features, mask at encoder input size H' x W' in {0,1,255})
+
+
+# -------------------------------------------------------------------------------------------- head
+class SegHead(nn.Module):
+    """Learned fusion + decoder: per (query, class) pair, a foreground log-odds map at 4x patch resolution."""
+
+    def __init__(self, tap_dim: int, num_taps: int, embed_dim: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
+        support_dim = tap_dim * num_taps + embed_dim
+        self.fusion = CrossAttentionFusion(support_dim, embed_dim, support_dim, cfg.dim, cfg.heads, cfg.layers)
+        self.sim_channels = 1 + 3 * (num_taps + 1) + 2  # text, (fg, bg, max-corr) per level, 2 availability flags
+        self.decoder = Decoder(cfg.dim, self.sim_channels, tap_dim, num_taps, cfg.hidden)
+        self.text_scale = nn.Parameter(torch.tensor(10.0))
+
+    def config_dict(self) -> dict:
+        return {"tap_dim": self.tap_dim, "num_taps": self.num_taps, "embed_dim": self.embed_dim,
+                "head": asdict(self.cfg)}
+
+    @staticmethod
+    def _levels(e: Encoded) -> list[Tensor]:
+        return [*e.taps, e.z]  # per level C_l x h x w
+
+    def pair_inputs(self, query: Encoded, spec: ClassSpec, negatives: list[tuple[Encoded, Tensor]]):
+        """Similarity channels (S x h x w) and fusion keys (L x d) for one (query, class) pair."""
+        q_levels = self._levels(query)
+        h, w = q_levels[0].shape[-2:]
+        sims = []
+        if spec.text is not None:
+            zq = F.normalize(query.z, dim=0)
+            sims.append(torch.einsum("dhw,d->hw", zq, spec.text.to(zq.dtype)).unsqueeze(0) * self.text_scale / 10)
+        else:
+            sims.append(q_levels[0].new_zeros(1, h, w))
+        fg_proto = bg_proto = None
+        cells: list[Tensor] = []
+        neg = None
+        if spec.supports:
+            for li, ql in enumerate(q_levels):
+                feats = torch.stack([self._levels(e)[li] for e, _ in spec.supports])  # K x C x hs x ws
+                masks = torch.stack([m for _, m in spec.supports])
+                fg_w, bg_w = fn.mask_weights(masks, tuple(feats.shape[-2:]))
+                fgp = fn.masked_average_pool(feats, fg_w).mean(0, keepdim=True)
+                bgp = fn.masked_average_pool(feats, bg_w).mean(0, keepdim=True)
+                sims.append(fn.cosine_map(ql.unsqueeze(0), fgp)[0])
+                sims.append(fn.cosine_map(ql.unsqueeze(0), bgp)[0])
+                fg_cells = feats.permute(0, 2, 3, 1)[fg_w > 0.25]  # M x C
+                if fg_cells.shape[0]:
+                    corr = fn.cosine_map(ql.unsqueeze(0), fg_cells)[0].max(0).values.unsqueeze(0)
+                else:
+                    corr = ql.new_zeros(1, h, w)
+                sims.append(corr)
+            flat = [torch.cat([lv for lv in self._levels(e)], 0) for e, _ in spec.supports]  # S x h x w each
+            masks = torch.stack([m for _, m in spec.supports])
+            feats = torch.stack(flat)
+            fg_w, bg_w = fn.mask_weights(masks, tuple(feats.shape[-2:]))
+            fg_proto = fn.masked_average_pool(feats, fg_w).mean(0)
+            bg_proto = fn.masked_average_pool(feats, bg_w).mean(0)
+            allc = feats.permute(0, 2, 3, 1)[fg_w > 0.25]
+            if allc.shape[0] > self.cfg.max_support_cells:
+                stride = -(-allc.shape[0] // self.cfg.max_support_cells)
+                allc = allc[::stride]
+            cells = [allc]
+            if negatives:
+                nf = torch.stack([torch.cat(self._levels(e), 0) for e, _ in negatives])
+                nm = torch.stack([m for _, m in negatives])
+                nfg, _ = fn.mask_weights(nm, tuple(nf.shape[-2:]))
+                neg = fn.masked_average_pool(nf, nfg)
+        else:
+            sims.extend([q_levels[0].new_zeros(1, h, w)] * (3 * len(q_levels)))
+        flags = torch.stack([torch.full((h, w), float(spec.text is not None)),
+                             torch.full((h, w), float(bool(spec.supports)))]).to(sims[0])
+        keys = self.fusion.build_keys(spec.text, fg_proto, bg_proto, cells, neg)
+        return torch.cat(sims + [flags], 0), keys
+
+    def forward(self, queries: list[Encoded], specs: list[ClassSpec],
+                negatives: list[tuple[Encoded, Tensor]] | None = None) -> Tensor:
+        """Foreground log-odds B x N x h4 x w4 for all queries (same encoder size) and classes."""
+        sims, keys, qtok, taps, rgb = [], [], [], [], []
+        for q in queries:
+            qcat = torch.cat(self._levels(q), 0)  # S x h x w
+            for spec in specs:
+                s, k = self.pair_inputs(q, spec, negatives or [])
+                sims.append(s)
+                keys.append(k)
+                qtok.append(qcat.flatten(1).T)
+                taps.append(q.taps)
+                rgb.append(q.rgb)
+        h, w = queries[0].z.shape[-2:]
+        fused = self.fusion(torch.stack(qtok), keys)  # P x hw x d
+        fused = fused.transpose(1, 2).reshape(len(keys), -1, h, w)
+        tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
+        out = self.decoder(fused, torch.stack(sims), tap_stacks, torch.stack(rgb))  # P x 1 x 4h x 4w
+        return out.view(len(queries), len(specs), *out.shape[-2:])
+
+    def save(self, path: str | Path, backbone_id: str, variant: str, extra: dict | None = None) -> Path:
+        meta = {"format": HEAD_FORMAT, "backbone": backbone_id, "variant": variant, **self.config_dict(),
+                **(extra or {})}
+        atomic_save_safetensors({k: v.detach().cpu() for k, v in self.state_dict().items()}, path,
+                                metadata={"vlfss": json.dumps(meta)})
+        return Path(path)
+
+
+def read_head_file(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, state dict) of a head checkpoint, with clear errors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"head weights {path} do not exist; train one with `vlfss train` or use "
+                         "--mode training-free")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vlfss", "{}"))
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ModelError(f"head weights {path} are not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != HEAD_FORMAT:
+        raise ModelError(f"{path} is not a vlfss head checkpoint")
+    return meta, state
+
+
+# ------------------------------------------------------------------------------------- segmenter
+Support = tuple[ImageLike, ImageLike]
+
+
+class Segmenter(nn.Module):
+    """Frozen backbone + prompts + (optional) learned head behind one ``segment`` call."""
+
+    def __init__(self, backbone: FrozenBackbone, cfg: SegmenterConfig | None = None,
+                 head: SegHead | None = None, head_variant: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or SegmenterConfig()
+        self.backbone = backbone
+        self.head = head
+        default_variant = getattr(backbone, "default_variant", "clearclip" if backbone.has_text else "plain")
+        self.variant = self.cfg.variant or default_variant
+        self.head_variant = head_variant or self.variant
+        self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
+        self.templates = load_templates(self.cfg.templates) if backbone.has_text else []
+        self.prompt_learners: dict[str, PromptLearner] = {}
+        self.image_encodes = 0  # images actually run through the encoder (cache misses)
+
+    # ---------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig) -> "Segmenter":
+        """Build the backbone and, unless training-free, load the learned head."""
+        backbone = build_backbone(cfg.model, cfg.pretrained, cfg.cache_dir, cfg.device)
+        head, head_variant = None, None
+        head_path = cfg.head_path or default_head_path(cfg.model)
+        if cfg.mode == "learned" and head_path is None:
+            raise ModelError(f"no learned head is shipped for {cfg.model!r}; pass --head FILE or use "
+                             "--mode training-free")
+        if cfg.mode != "training-free" and head_path is not None:
+            if cfg.mode == "learned" or Path(head_path).is_file():
+                head, head_variant = load_head(head_path, backbone)
+        seg = cls(backbone, cfg, head, head_variant)
+        return seg.to(cfg.device)
+
+    @property
+    def mode(self) -> str:
+        if self.cfg.mode == "auto":
+            return "learned" if self.head is not None else "training-free"
+        return self.cfg.mode
+
+    def use_prompt_file(self, path: str | Path) -> list[str]:
+        """Register learned prompts; their class names then use the learned context. Returns the names."""
+        pl = PromptLearner.load(path, self.backbone)
+        for name in pl.class_names:
+            self.prompt_learners[name] = pl
+        return pl.class_names
+
+    # ---------------------------------------------------------------------------------- encoding
+    def encoder_size(self, h: int, w: int) -> tuple[int, int]:
+        """Long side -> input_size, sides rounded to multiples of the patch size (at least one patch)."""
+        side = self.cfg.input_size or self.backbone.image_size
+        p = self.backbone.patch_size
+        s = side / max(h, w)
+        return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
+
+    def _to_input(self, image: np.ndarray, size: tuple[int, int]) -> Tensor:
+        x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
+        return ((x - mean) / std)[0]
+
+    def encode(self, images: Sequence[np.ndarray], variant: str | None = None) -> list[Encoded]:
+        """Features of RGB uint8 images, from the cache where possible; misses of one size run as one batch."""
+        variant = variant or self.variant
+        out: list[Encoded | None] = [None] * len(images)
+        todo: dict[tuple[int, int], list[tuple[int, str, Tensor]]] = {}
+        for i, img in enumerate(images):
+            size = self.encoder_size(*img.shape[:2])
+            key = FeatureCache.key(self.backbone.model_id, variant, size, content_hash(img))
+            hit = self.cache.get(key)
+            x = self._to_input(img, size)
+            if hit is not None:
+                out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(len(self.backbone.taps))], z=hit["z"], rgb=x,
+                                 size=tuple(img.shape[:2]))
+            else:
+                todo.setdefault(size, []).append((i, key, x))
+        for size, items in todo.items():
+            batch = torch.stack([x for _, _, x in items]).to(self.backbone.device)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
+                                and self.backbone.device.type == "cpu"):
+                feats = self.backbone.dense(batch, variant)
+            self.image_encodes += len(items)
+            for j, (i, key, x) in enumerate(items):
+                entry = {f"tap{t}": feats.taps[t][j].float().clone() for t in range(len(feats.taps))}
+                entry["z"] = feats.z[j].float().clone()
+                self.cache.put(key, entry)
+                out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(len(feats.taps))], z=entry["z"], rgb=x,
+                                 size=tuple(images[i].shape[:2]))
+        return out  # type: ignore[return-value]
+
+    def _support_mask(self, mask: np.ndarray, size: tuple[int, int]) -> Tensor:
+        m = torch.from_numpy(mask)[None, None].float()
+        return F.interpolate(m, size=size, mode="nearest")[0, 0].to(torch.uint8)
+
+    def text_embeddings(self, names: list[str]) -> Tensor:
+        """N x D class embeddings: learned prompts where registered, else the template ensemble."""
+        if not self.backbone.has_text:
+            raise InputError(f"model {self.backbone.model_id} has no text encoder; give support examples, not text")
+        rows = []
+        for name in names:
+            if name in self.prompt_learners:
+                pl = self.prompt_learners[name]
+                with torch.no_grad():
+                    rows.append(pl()[pl.class_names.index(name)])
+            else:
+                rows.append(ensemble_text_embeddings(self.backbone, [name], self.templates)[0])
+        return torch.stack(rows)
+
+    # ---------------------------------------------------------------------------------- requests
+    def build_specs(self, texts: Sequence[str | None] | str | None, supports, variant: str) -> list[ClassSpec]:
+        """Normalise the user's (texts, supports) into ClassSpecs, validating every input."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts) if texts is not None else []
+        sup = _normalise_supports(supports, len(texts))
+        n = max(len(texts), len(sup))
+        if n == 0:
+            raise InputError("nothing to segment: give --text and/or --support examples")
+        if texts and sup and len(texts) != len(sup):
+            raise InputError(f"{len(texts)} texts but support examples for {len(sup)} classes; give one support "
+                             "list per text (an empty list for a text-only class)")
+        texts = texts or [None] * n
+        sup = sup or [[] for _ in range(n)]
+        specs = []
+        emb_names = [t for t in texts if t]
+        emb = dict(zip(emb_names, self.text_embeddings(emb_names))) if emb_names else {}
+        for ci, (t, pairs) in enumerate(zip(texts, sup)):
+            if not t and not pairs:
+                raise InputError(f"class {ci + 1} has neither text nor support examples")
+            encoded = self._encode_pairs(pairs, f"class {ci + 1} support", variant)
+            specs.append(ClassSpec(name=t or f"class{ci + 1}", text=emb.get(t) if t else None, supports=encoded))
+        return specs
+
+    def _encode_pairs(self, pairs, label: str, variant: str) -> list[tuple[Encoded, Tensor]]:
+        imgs, masks = [], []
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"{label} {k + 1}: expected an (image, mask) pair")
+            img = load_image(pair[0], f"{label} {k + 1} image")
+            name = f"{label} {k + 1} mask" + (f" ({pair[1]})" if isinstance(pair[1], (str, Path)) else "")
+            masks.append(load_mask(pair[1], img.shape, name))
+            imgs.append(img)
+        enc = self.encode(imgs, variant) if imgs else []
+        return [(e, self._support_mask(m, tuple(e.rgb.shape[-2:]))) for e, m in zip(enc, masks)]
+
+    # ---------------------------------------------------------------------------------- scoring
+    def training_free_logits(self, query: Encoded, specs: list[ClassSpec],
+                             negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None) -> Tensor:
+        """Per-class foreground log-odds N x h x w from text and prototype similarities on Z."""
+        cfg = self.cfg.training_free
+        z = query.z.unsqueeze(0)  # 1 x D x h x w
+        bg_protos = []
+        for spec in specs:
+            for e, m in spec.supports:
+                _, bg = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
+                bg_protos.append(bg)
+        for e, m in negatives:
+            fg, _ = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
+            bg_protos.append(fg)
+        bg_map = fn.cosine_map(z, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
+        text_bg = self._text_background(z, neg_text)
+        scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
+        out = []
+        for spec in specs:
+            terms, weights = [], []
+            if spec.text is not None:
+                s = fn.cosine_map(z, spec.text.unsqueeze(0))[0, 0]
+                terms.append((s - text_bg) * scale)
+                weights.append(cfg.text_weight)
+            if spec.supports:
+                if cfg.num_prototypes > 1:
+                    feats = torch.stack([e.z for e, _ in spec.supports])
+                    masks = torch.stack([m for _, m in spec.supports])
+                    fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
+                else:
+                    fg = torch.cat([fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0] for e, m in spec.supports])
+                fg_map = fn.cosine_map(z, fg).max(1).values[0]
+                bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
+                terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
+                weights.append(cfg.proto_weight)
+            total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
+            out.append(total)
+        return torch.stack(out)
+
+    def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
+        """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""
+        cfg = self.cfg.training_free
+        level: Tensor | float
+        if cfg.text_threshold is not None:
+            level = cfg.text_threshold
+        elif self.backbone.logit_bias is not None:
+            level = -self.backbone.logit_bias / self.backbone.logit_scale
+        else:
+            bg = ensemble_text_embeddings(self.backbone, cfg.background_prompts, self.templates)
+            level = fn.cosine_map(z, bg).max(1).values[0]
+        if neg_text is not None and len(neg_text):
+            neg = fn.cosine_map(z, neg_text).max(1).values[0]
+            level = torch.maximum(torch.as_tensor(level, dtype=neg.dtype), neg)
+        return level
+
+    # ---------------------------------------------------------------------------------- public
+    def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
+                supports=None, negatives=None, mode: Mode | None = None, adapt_steps: int = 0,
+                ) -> SegmentationOutput | list[SegmentationOutput]:
+        """Segment one image (returns one output) or a list of images (returns a list).
+
+        texts: class names/prompts (one per class). supports: for one class a list of (image, mask)
+        pairs, for N classes a list of N such lists. negatives: (image, mask) pairs of things that are
+        *not* the target, and/or strings naming them. adapt_steps > 0 fine-tunes a copy of the learned
+        head on the support set before predicting (test-time adaptation).
+        """
+        single = not isinstance(images, (list, tuple))
+        imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
+                for i, x in enumerate([images] if single else images)]
+        mode = mode or self.mode
+        if mode == "auto":
+            mode = self.mode
+        if mode == "learned" and self.head is None:
+            raise ModelError("learned mode needs head weights; pass --head FILE or use --mode training-free")
+        variant = self.head_variant if mode == "learned" else self.variant
+        specs = self.build_specs(texts, supports, variant)
+        neg_pairs = [p for p in (negatives or []) if not isinstance(p, str)]
+        neg_strs = [p for p in (negatives or []) if isinstance(p, str)]
+        negs = self._encode_pairs(neg_pairs, "negative", variant)
+        neg_text = self.text_embeddings(neg_strs) if neg_strs else None
+        queries = self.encode(imgs, variant)
+        head = self.head
+        if mode == "learned" and adapt_steps > 0:
+            from .adapt import adapt_head
+
+            head = adapt_head(self, specs, negs, steps=adapt_steps)
+        outs = []
+        for q in queries:
+            with torch.no_grad():
+                if mode == "learned":
+                    fg = head([q], specs, negs)[0]
+                else:
+                    fg = self.training_free_logits(q, specs, negs, neg_text)
+            logits = fn.nway_logits(fg.unsqueeze(0))
+            logits = F.interpolate(logits, size=q.size, mode="bilinear", align_corners=False)[0]
+            outs.append(make_output(logits, [s.name for s in specs]))
+        return outs[0] if single else outs
+
+
+def _normalise_supports(supports, n_texts: int) -> list[list]:
+    """Accept None, [(img, mask), ...] (one class) or [[(img, mask), ...], ...] (one list per class)."""
+    if supports is None:
+        return []
+    if not isinstance(supports, (list, tuple)):
+        raise InputError("supports must be a list of (image, mask) pairs, or one such list per class")
+    if len(supports) == 0:
+        return []
+    first = supports[0]
+    is_pair = isinstance(first, tuple) and len(first) == 2 and not isinstance(first[0], (list, tuple))
+    if is_pair and n_texts <= 1:
+        return [list(supports)]
+    return [list(s) for s in supports]
+
+
+# -------------------------------------------------------------------------------------- heads
+def default_head_path(model: str) -> str | None:
+    """The learned head shipped for a model, if any."""
+    from .backbones import ASSETS
+
+    p = ASSETS / f"head-{model}.safetensors"
+    return str(p) if p.is_file() else None
+
+
+def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]:
+    """Load a head checkpoint for ``backbone`` (refused when trained on another backbone)."""
+    meta, state = read_head_file(path)
+    if meta["backbone"] != backbone.model_id:
+        raise ModelError(f"head {path} was trained on {meta['backbone']!r}, not {backbone.model_id!r}; "
+                         "train a head for this backbone or use --mode training-free")
+    head = SegHead(meta["tap_dim"], meta["num_taps"], meta["embed_dim"], HeadConfig(**meta["head"]))
+    head.load_state_dict(state)
+    head.eval()
+    return head, meta["variant"]
+
+
+def new_head(backbone: FrozenBackbone, cfg: HeadConfig | None = None) -> SegHead:
+    """An untrained head sized for ``backbone``."""
+    width = getattr(backbone, "width", backbone.embed_dim)
+    return SegHead(width, len(backbone.taps), backbone.embed_dim, cfg or HeadConfig())
+
+
+def build_segmenter(model: str = "vlfss-tiny", **kwargs: Any) -> Segmenter:
+    """Convenience: ``build_segmenter("ViT-B-16", pretrained="openai", mode="training-free")``."""
+    from .config import from_dict
+
+    cfg = from_dict(SegmenterConfig, {"model": model, **kwargs})
+    return Segmenter.from_config(cfg)
+
+
+def segment(image: ImageLike, texts=None, supports=None, model: str = "vlfss-tiny", **kwargs: Any):
+    """One-call API: build a segmenter (cached per arguments is the caller's job) and segment one image."""
+    return build_segmenter(model, **kwargs).segment(image, texts=texts, supports=supports)
