@@ -129,6 +129,8 @@ def bce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0) -> T
 
 def nway_ce_dice_loss(logits: Tensor, target: Tensor, dice_weight: float = 1.0) -> Tensor:
     """Cross-entropy over B x (N+1) x H x W logits with labels 0..N (255 ignored) plus per-class dice."""
+    if not (target != IGNORE).any():  # nothing to learn from: zero loss that keeps the graph
+        return logits.sum() * 0
     ce = F.cross_entropy(logits, target.long(), ignore_index=IGNORE)
     if dice_weight == 0:
         return ce

@@ -1,0 +1,87 @@
+"""Pure maths on hand-made tensors with known answers; inputs are never mutated."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vlfss import functional as fn
+
+
+def test_masked_average_pool_known_answer():
+    feats = torch.arange(8, dtype=torch.float32).view(1, 2, 2, 2)  # channel 0: 0..3, channel 1: 4..7
+    w = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    out = fn.masked_average_pool(feats, w)
+    assert torch.allclose(out, torch.tensor([[1.5, 5.5]]))
+
+
+def test_mask_weights_ignore_255_and_area_fraction():
+    m = torch.tensor([[[1, 1, 0, 0], [1, 255, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]], dtype=torch.uint8)
+    fg, bg = fn.mask_weights(m, (2, 2))
+    assert torch.allclose(fg, torch.tensor([[[0.75, 0.0], [0.0, 0.25]]]))
+    assert torch.allclose(bg, torch.tensor([[[0.0, 1.0], [1.0, 0.75]]]))
+
+
+def test_prototypes_ignore_pixels_and_do_not_mutate():
+    feats = torch.zeros(1, 1, 2, 2)
+    feats[0, 0] = torch.tensor([[10.0, 0.0], [0.0, 100.0]])
+    masks = torch.tensor([[[1, 0], [0, 255]]], dtype=torch.uint8)
+    f0, m0 = feats.clone(), masks.clone()
+    fg, bg = fn.prototypes(feats, masks)
+    assert torch.allclose(fg, torch.tensor([[10.0]]))
+    assert torch.allclose(bg, torch.tensor([[0.0]]))  # the 100 under 255 is ignored
+    assert torch.equal(feats, f0) and torch.equal(masks, m0)
+
+
+def test_cosine_map_and_nway_labels():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # two cells: e0, e1
+    protos = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    sim = fn.cosine_map(feats, protos)
+    assert torch.allclose(sim[0, :, 0], torch.eye(2))
+    logits = fn.nway_logits(torch.tensor([[[[3.0, -3.0]], [[-1.0, 2.0]]]]))  # B=1, N=2, 1x2
+    assert logits.shape == (1, 3, 1, 2)
+    labels = fn.label_map(logits.softmax(1))
+    assert labels.tolist() == [[[1, 2]]]
+
+
+def test_single_class_softmax_equals_sigmoid():
+    x = torch.randn(1, 1, 4, 4)
+    p = fn.nway_logits(x).softmax(1)[:, 1]
+    assert torch.allclose(p, torch.sigmoid(x[:, 0]), atol=1e-6)
+
+
+def test_kmeans_separates_two_clusters():
+    a = torch.randn(20, 3) * 0.01 + torch.tensor([5.0, 0, 0])
+    b = torch.randn(20, 3) * 0.01 - torch.tensor([5.0, 0, 0])
+    c = fn.kmeans(torch.cat([a, b]), 2)
+    assert sorted(c[:, 0].round().tolist()) == [-5.0, 5.0]
+
+
+def test_multi_prototypes_counts():
+    feats = torch.randn(2, 4, 4, 4)
+    masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    masks[:, :4] = 1
+    assert fn.multi_prototypes(feats, masks, 3).shape == (3, 4)
+    empty = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    empty[0, 0, 0] = 1
+    assert fn.multi_prototypes(feats[:1], empty, 3).shape == (1, 4)
+
+
+def test_entropy_bounds():
+    uniform = torch.full((1, 4, 2, 2), 0.25)
+    certain = torch.zeros(1, 4, 2, 2)
+    certain[:, 0] = 1
+    assert torch.allclose(fn.normalised_entropy(uniform), torch.ones(1, 2, 2))
+    assert torch.allclose(fn.normalised_entropy(certain), torch.zeros(1, 2, 2), atol=1e-6)
+
+
+def test_losses_ignore_255_and_reward_correct_logits():
+    target = torch.tensor([[[1, 0], [255, 1]]], dtype=torch.uint8)
+    good = torch.tensor([[[9.0, -9.0], [123.0, 9.0]]])
+    bad = -good
+    assert fn.bce_dice_loss(good, target) < 0.01 < fn.bce_dice_loss(bad, target)
+    logits = torch.tensor([[[[0.0, 9.0]], [[9.0, 0.0]]]])  # B=1, 2 channels, 1x2
+    t = torch.tensor([[[1, 0]]])
+    assert fn.nway_ce_dice_loss(logits, t) < fn.nway_ce_dice_loss(logits.flip(1), t)
+    assert math.isfinite(float(fn.nway_ce_dice_loss(logits, torch.full((1, 1, 2), 255))))

@@ -1,0 +1,146 @@
+"""Segmenter: one code path for text, examples, both, N-way, negatives; sizes; caching; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import blob_scene
+from vlfss.errors import InputError, ModelError
+from vlfss.model import Segmenter, SegmenterConfig, load_head, new_head
+
+
+@pytest.fixture()
+def seg(tiny_backbone):
+    return Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))
+
+
+def _check_output(out, h, w, n):
+    assert out.probs.shape == (n + 1, h, w) and out.labels.shape == (h, w)
+    assert out.masks.shape == (n, h, w) and out.masks.dtype == torch.bool
+    assert torch.allclose(out.probs.sum(0), torch.ones(h, w), atol=1e-5)
+    assert ((out.entropy >= 0) & (out.entropy <= 1 + 1e-6)).all()
+    assert torch.equal(out.confidence, out.probs.max(0).values)
+    for i in range(n):
+        assert torch.equal(out.masks[i], out.labels == i + 1)
+
+
+def test_text_only_examples_only_both(seg, rng):
+    q, _ = blob_scene(rng, 40, 56)
+    s, sm = blob_scene(rng, 30, 30)
+    for kwargs in ({"texts": ["a cat"]}, {"supports": [(s, sm)]}, {"texts": ["a cat"], "supports": [(s, sm)]}):
+        _check_output(seg.segment(q, **kwargs), 40, 56, 1)
+
+
+def test_nway_with_mixed_inputs_and_negatives(seg, rng):
+    q, _ = blob_scene(rng)
+    a, am = blob_scene(rng)
+    b, bm = blob_scene(rng)
+    n, nm = blob_scene(rng)
+    out = seg.segment(q, texts=["cat", "dog", None], supports=[[(a, am)], [], [(b, bm), (a, am)]],
+                      negatives=[(n, nm), "grass"])
+    _check_output(out, 40, 56, 3)
+    assert out.class_names == ["cat", "dog", "class3"]
+
+
+def test_batch_of_different_sizes_returns_original_sizes(seg, rng):
+    imgs = [blob_scene(rng, 40, 56)[0], blob_scene(rng, 64, 20)[0], blob_scene(rng, 33, 33)[0]]
+    outs = seg.segment(imgs, texts=["a cat"])
+    assert [tuple(o.labels.shape) for o in outs] == [(40, 56), (64, 20), (33, 33)]
+
+
+def test_support_encoded_once_across_queries(seg, rng):
+    s, sm = blob_scene(rng)
+    queries = [blob_scene(rng)[0] for _ in range(3)]
+    before = seg.image_encodes
+    for q in queries:
+        seg.segment(q, texts=["a cat"], supports=[(s, sm)])
+    assert seg.image_encodes - before == 1 + 3
+    seg.segment(queries[0], texts=["a cat"], supports=[(s, sm)])
+    assert seg.image_encodes - before == 4  # all cached now
+
+
+def test_one_shot_finds_the_support_object_on_identical_image(seg, rng):
+    img, mask = blob_scene(rng, 64, 64)
+    out = seg.segment(img, supports=[(img, mask)])
+    pred = out.masks[0].numpy()
+    iou = np.logical_and(pred, mask).sum() / np.logical_or(pred, mask).sum()
+    assert iou > 0.5
+
+
+def test_more_shots_all_used(seg, rng):
+    q, _ = blob_scene(rng)
+    sup = [blob_scene(rng) for _ in range(5)]
+    o1 = seg.segment(q, supports=sup[:1])
+    o5 = seg.segment(q, supports=sup)
+    assert not torch.allclose(o1.logits, o5.logits)
+
+
+def test_learned_mode_and_head_round_trip(tiny_backbone, rng, tmp_path):
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="learned"), head)
+    q, _ = blob_scene(rng)
+    s, sm = blob_scene(rng)
+    for kw in ({"texts": ["a cat"]}, {"supports": [(s, sm)]}, {"texts": ["a", "b"], "supports": [[(s, sm)], []]}):
+        out = seg.segment(q, **kw)
+        _check_output(out, 40, 56, len(kw.get("texts", [1])))
+    path = head.save(tmp_path / "head.safetensors", tiny_backbone.model_id, seg.variant)
+    loaded, variant = load_head(path, tiny_backbone)
+    for a, b in zip(head.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    other = new_head(tiny_backbone)
+    other.save(tmp_path / "other.safetensors", "open_clip:ViT-B-16@openai", "clearclip")
+    with pytest.raises(ModelError, match="trained on"):
+        load_head(tmp_path / "other.safetensors", tiny_backbone)
+
+
+def test_learned_mode_without_head_is_clear_error(seg, rng):
+    with pytest.raises(ModelError, match="head"):
+        seg.segment(blob_scene(rng)[0], texts=["a"], mode="learned")
+
+
+@pytest.mark.parametrize("bad_mask, match", [
+    (np.zeros((10, 10), np.uint8), "differs from its image"),
+    (np.full((40, 56), 7, np.uint8), "not binary"),
+    (np.zeros((40, 56), np.uint8), "no foreground"),
+])
+def test_bad_support_masks(seg, rng, bad_mask, match):
+    q, _ = blob_scene(rng)
+    with pytest.raises(InputError, match=match):
+        seg.segment(q, supports=[(q, bad_mask)])
+
+
+def test_mask_encodings_accepted(seg, rng):
+    q, m = blob_scene(rng)
+    base = seg.segment(q, supports=[(q, m)]).logits
+    for enc in (m * 255, np.where(m == 1, 1, 0).astype(bool), np.dstack([m * 255] * 3)):
+        assert torch.allclose(seg.segment(q, supports=[(q, enc)]).logits, base, atol=1e-4)
+    ign = m.copy()
+    ign[0, :] = 255
+    seg.segment(q, supports=[(q, ign)])
+
+
+def test_nothing_to_segment_and_mismatched_counts(seg, rng):
+    q, m = blob_scene(rng)
+    with pytest.raises(InputError, match="nothing to segment"):
+        seg.segment(q)
+    with pytest.raises(InputError, match="one support list per text"):
+        seg.segment(q, texts=["a", "b", "c"], supports=[[(q, m)], [(q, m)]])
+
+
+def test_image_modes_converted(seg, tmp_path, rng):
+    from PIL import Image
+
+    img, _ = blob_scene(rng)
+    paths = {
+        "rgba": Image.fromarray(np.dstack([img, np.full(img.shape[:2], 200, np.uint8)]), "RGBA"),
+        "gray": Image.fromarray(img[..., 0], "L"),
+        "pal": Image.fromarray(img).convert("P"),
+        "i16": Image.fromarray(img[..., 0].astype(np.uint16) * 256),
+    }
+    for name, im in paths.items():
+        p = tmp_path / f"{name}.png"
+        im.save(p)
+        assert seg.segment(str(p), texts=["a cat"]).labels.shape == (40, 56)
