@@ -113,15 +113,15 @@ def test_class_index_is_computed_once_and_cached_on_disk(tmp_path):
     # On disk: a second instance with the same ids reads the index file instead of the masks.
     index = tmp_path / "idx.json"
     a = memory_dataset(n=12, num_classes=4)
-    a._index_file = index
+    a.use_index_file(index)
     a.classes_in(0)
     assert index.is_file()
     b = memory_dataset(n=12, num_classes=4)
-    b._index_file = index
+    b.use_index_file(index)
     assert [b.classes_in(i) for i in range(12)] == expected and b.label_reads == 0
     # Another image list invalidates it.
     c = memory_dataset(n=10, num_classes=4)
-    c._index_file = index
+    c.use_index_file(index)
     c.classes_in(0)
     assert c.label_reads == 10
 
