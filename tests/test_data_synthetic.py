@@ -82,3 +82,11 @@ def test_benchmark_and_bad_arguments(tmp_path):
         SyntheticBenchmark("test", fold=4, n_images=3, root=tmp_path, image_size=SIZE)
     assert np.array_equal(bench.dataset.load_image(0), generate_scene(0, SPLIT_OFFSETS["test"],
                                                                       SyntheticConfig(image_size=SIZE)).image)
+
+
+def test_changed_generator_invalidates_the_cache(tmp_path, monkeypatch):
+    path = materialize_synthetic(tmp_path, "test", 2, 0, "hf", SIZE)
+    before = (path / MARKER).read_text()
+    monkeypatch.setattr(store, "_generator_fingerprint", lambda *a: "different")
+    assert materialize_synthetic(tmp_path, "test", 2, 0, "hf", SIZE) == path
+    assert (path / MARKER).read_text() != before and "different" in (path / MARKER).read_text()

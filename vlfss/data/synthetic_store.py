@@ -4,7 +4,8 @@
 ``<root>/synthetic/seed<seed>-<size>px/<split>-<n>/<fmt>`` (root defaults to ``default_cache_dir()``).
 Splits never overlap: split ``s`` uses scene indices ``SPLIT_OFFSETS[s] + 0..n-1`` of the same seeded world.
 A folder is written under a temporary name with a marker file written last, then renamed into place, so a
-complete materialisation is reused and a crashed one is never mistaken for complete.
+complete materialisation is reused and a crashed one is never mistaken for complete. The marker records the
+parameters and a fingerprint of the generator's output, so a changed ``generate_scene`` regenerates.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def _scenes(seed: int, split: str, n: int, image_size: int, workers: int) -> Ite
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         yield from pool.map(_render, jobs, chunksize=max(1, n // (workers * 8)))
+
+
+def _generator_fingerprint(seed: int, split: str, image_size: int) -> str:
+    """Hash of the split's first scene: a changed generator invalidates old materialisations (one scene, ~10 ms)."""
+    import hashlib
+
+    sc = generate_scene(seed, SPLIT_OFFSETS[split], SyntheticConfig(image_size=image_size))
+    return hashlib.sha256(sc.image.tobytes() + sc.mask.tobytes() + sc.caption.encode()).hexdigest()[:16]
 
 
 def _marker_ok(path: Path, params: dict) -> bool:
@@ -141,7 +150,7 @@ def materialize_synthetic(
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     final = synthetic_path(root, split, n, seed, fmt, image_size)
     params = {"version": _FORMAT_VERSION, "split": split, "n_images": n, "seed": seed, "fmt": fmt,
-              "image_size": image_size}
+              "image_size": image_size, "generator": _generator_fingerprint(seed, split, image_size)}
     if _marker_ok(final, params):
         logger.debug("reusing synthetic %s split at %s", split, final)
         return final
