@@ -51,9 +51,13 @@ class PretrainConfig:
     warmup: int = 150  # linear warm-up steps, then cosine decay to 5% of lr
     lse_temperature: float = 1.0  # smooth-max sharpness over patches of the token-wise logits
     w_global: float = 0.5  # weight of the global sigmoid losses
+    w_uniformity: float = 0.1  # text-only uniformity loss on the class prompts: breaks the early symmetry
     checkpoint_every: int = 100  # steps between resumable checkpoints
     eval_every: int = 250  # steps between zero-shot dense checks on held-out scenes
     eval_images: int = 96  # held-out scenes for that check
+    low_res_steps: int = 0  # first steps on small scenes (fewer tokens, same texture scale): much cheaper
+    low_res_size: int = 48  # side of those scenes (positional embeddings interpolated to its grid)
+    low_res_batch: int = 96  # batch size during the low-resolution steps
     threads: int = 2  # torch intra-op threads
     workers: int = 1  # scene-generating worker processes
 
@@ -61,15 +65,20 @@ class PretrainConfig:
 class _SceneStream(torch.utils.data.IterableDataset):
     """Endless batches of (image tensor, caption, class multi-hot), deterministic per (seed, step)."""
 
-    def __init__(self, seed: int, batch: int, start_step: int, cfg: SyntheticConfig):
-        self.seed, self.batch, self.start, self.cfg = seed, batch, start_step, cfg
+    def __init__(self, seed: int, start_step: int, pcfg: "PretrainConfig"):
+        self.seed, self.start, self.pcfg = seed, start_step, pcfg
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         step = self.start + wid
+        low = SyntheticConfig(image_size=self.pcfg.low_res_size, texture_scale=1.0)
+        full = SyntheticConfig()
         while True:
-            yield step, _make_batch(self.seed, step, self.batch, self.cfg)
+            if step < self.pcfg.low_res_steps:
+                yield step, _make_batch(self.seed, step, self.pcfg.low_res_batch, low)
+            else:
+                yield step, _make_batch(self.seed, step, self.pcfg.batch_size, full)
             step += nw
 
 
@@ -98,8 +107,14 @@ def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig):
 
 def dense_embeddings(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled B x D, patch tokens B x P x D) in the joint space, before normalisation."""
+    from .dense import interpolate_pos_embed
+
     vis = model.visual
-    x = vis._embeds(images)
+    grid = (images.shape[-2] // vis.patch_size[0], images.shape[-1] // vis.patch_size[1])
+    x = vis.conv1(images).flatten(2).transpose(1, 2)  # B x hw x C
+    cls = vis.class_embedding.view(1, 1, -1).expand(x.shape[0], 1, -1).to(x.dtype)
+    x = torch.cat([cls, x], 1) + interpolate_pos_embed(vis.positional_embedding, vis.grid_size, grid)
+    x = vis.ln_pre(x)
     x = vis.transformer(x)
     x = vis.ln_post(x)
     tokens = x[:, 1:] @ vis.proj
@@ -122,8 +137,15 @@ def pretrain_losses(model, images, captions_tok, prompts_tok, target, class_sets
     loss_glob = F.binary_cross_entropy_with_logits(scale * pooled @ t_cls.T + bias, target)
     same = torch.tensor([[a == b for b in class_sets] for a in class_sets], dtype=torch.float32)
     loss_cap = F.binary_cross_entropy_with_logits(scale * pooled @ t_cap.T + bias, same)
-    total = loss_tok + cfg.w_global * (loss_glob + loss_cap)
-    return total, {"tok": loss_tok.item(), "glob": loss_glob.item(), "cap": loss_cap.item()}
+    # Uniformity (Wang & Isola 2020) of the class prompt embeddings: a loss on text alone. At random init
+    # all prompts embed almost alike, so image gradients cannot tell classes apart; spreading the prompts
+    # first lets the image side receive class-specific signal from the first steps.
+    d2 = torch.cdist(t_cls, t_cls).pow(2)
+    off = ~torch.eye(len(t_cls), dtype=torch.bool)
+    loss_unif = torch.logsumexp(-2 * d2[off], 0) - math.log(int(off.sum()))
+    total = loss_tok + cfg.w_global * (loss_glob + loss_cap) + cfg.w_uniformity * loss_unif
+    return total, {"tok": loss_tok.item(), "glob": loss_glob.item(), "cap": loss_cap.item(),
+                   "unif": loss_unif.item()}
 
 
 @torch.no_grad()
@@ -190,7 +212,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
         start = int(state["step"])
         log.info("resumed from %s at step %d", ckpt, start)
     scfg = SyntheticConfig()
-    stream = _SceneStream(cfg.seed, cfg.batch_size, start, scfg)
+    stream = _SceneStream(cfg.seed, start, cfg)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers)
     logf = open(out / "log.jsonl", "a")
     t0 = time.time()

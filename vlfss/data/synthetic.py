@@ -66,6 +66,7 @@ class SyntheticConfig:
     min_visible: int = 30  # pixels an object must keep after occlusion, else it is dropped
     max_distractors: int = 5  # plain-colour marks on the background
     colour_word_prob: float = 0.1  # chance that a caption names an object's colours
+    texture_scale: float | None = None  # pattern period multiplier; None: image_size / 96 (same look at any size)
 
 
 @dataclass
@@ -261,6 +262,10 @@ def generate_scene(
         small = [i for i in keep if int((label == i).sum()) < cfg.min_visible]
         if not small or len(keep) == 1:
             break
+        if len(small) == len(keep):  # all too small: keep the most visible one (regrown below if needed)
+            keep = [max(keep, key=lambda i: int((label == i).sum()))]
+            label = np.where(label == keep[0], keep[0], -1)
+            break
         keep = [i for i in keep if i not in small]
     if int((label == keep[0]).sum()) < cfg.min_visible:  # single object too small: regrow it
         cls = objs[keep[0]][0]
@@ -270,7 +275,7 @@ def generate_scene(
         label = np.where(objs[keep[0]][1], keep[0], -1)
     img = _background(rng, yy, xx, size, cfg)
     painted = []
-    scale = size / 96.0
+    scale = cfg.texture_scale if cfg.texture_scale is not None else size / 96.0
     for i in keep:
         cls, _ = objs[i]
         name = CLASS_NAMES[cls]
