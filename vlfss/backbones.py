@@ -435,6 +435,7 @@ def _build_tiny(pretrained: str | None = None, cache_dir: str | None = None, dev
     backbone = OpenCLIPBackbone(TINY_MODEL, weights, cache_dir=cache_dir, taps=taps, device=device)
     backbone.model_id = f"vlfss-tiny@{_weights_id(weights)}"
     backbone.default_variant = "plain"  # trained with token-wise loss: its last-layer tokens are text-aligned
+    backbone.default_templates = "synthetic"  # the phrasings its captions used
     return backbone
 
 

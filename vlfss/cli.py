@@ -46,7 +46,7 @@ def _segmenter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="auto", choices=["auto", "training-free", "learned"])
     p.add_argument("--head", default=None, help="learned head weights (safetensors)")
     p.add_argument("--variant", default=None, help="dense last-block variant: plain maskclip sclip clearclip naclip")
-    p.add_argument("--templates", default="default", help="template set name or file")
+    p.add_argument("--templates", default=None, help="template set name or file (default: the model's own)")
     p.add_argument("--input-size", type=int, default=None, help="encoder long side in pixels")
     p.add_argument("--cache-dir", default=None, help="download cache for hub weights")
     p.add_argument("--device", default="cpu")
@@ -57,8 +57,8 @@ def _build_segmenter(args):
     from .config import load_config
     from .model import Segmenter, SegmenterConfig
 
-    overrides = [f"model={args.model}", f"mode={args.mode}", f"templates={args.templates}", f"device={args.device}"]
-    for key, val in (("pretrained", args.pretrained), ("head_path", args.head), ("variant", args.variant),
+    overrides = [f"model={args.model}", f"mode={args.mode}", f"device={args.device}"]
+    for key, val in (("templates", args.templates), ("pretrained", args.pretrained), ("head_path", args.head), ("variant", args.variant),
                      ("input_size", args.input_size), ("cache_dir", args.cache_dir)):
         if val is not None:
             overrides.append(f"{key}={val}")
@@ -219,14 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "lazy", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:
         logging.getLogger("root").setLevel(logging.ERROR)  # open_clip logs through the root logger
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if getattr(args, "lazy", False):
-            return int(args.func(args.rest) or 0)
+            # the raw arguments after the command word: argparse's REMAINDER drops a leading --option
+            return int(args.func(argv[argv.index(args.command) + 1:]) or 0)
         return int(args.func(args) or 0)
     except VlfssError as e:
         print(f"vlfss: error: {e}", file=sys.stderr)

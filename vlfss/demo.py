@@ -44,7 +44,7 @@ def run_demo(out: Path, seed: int = 0, model: str = "vlfss-tiny", pretrained: st
     cfg = SyntheticConfig()
     q, s, cls = _pick(seed, cfg)
     name = CLASS_NAMES[cls]
-    seg = build_segmenter(model, pretrained=pretrained, templates="synthetic")
+    seg = build_segmenter(model, pretrained=pretrained)
     support = (s.image, (s.mask == cls + 1).astype(np.uint8))
     runs = {
         "text": seg.segment(q.image, texts=[name]),

@@ -71,7 +71,7 @@ class SegmenterConfig:
     mode: Mode = "auto"  # auto: learned when head weights exist, else training-free
     head_path: str | None = None  # learned head (safetensors); None: the one shipped for the model, if any
     variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
-    templates: str = "default"  # template set for class names (prompts/templates/<name>.txt) or a file
+    templates: str | None = None  # template set (prompts/templates/<name>.txt) or a file; None: the model's default
     input_size: int | None = None  # encoder long side in pixels; None: the model's native size
     autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
     feature_cache_items: int = 256  # in-memory feature cache size
@@ -275,7 +275,8 @@ class Segmenter(nn.Module):
         self.variant = self.cfg.variant or default_variant
         self.head_variant = head_variant or self.variant
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
-        self.templates = load_templates(self.cfg.templates) if backbone.has_text else []
+        template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
+        self.templates = load_templates(template_set) if backbone.has_text else []
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)
 

@@ -107,12 +107,12 @@ def _pattern(cls: str, u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Ge
     if cls == "checkers":
         return ((np.floor(u / p) + np.floor(v / p)) % 2).astype(np.float32)
     if cls == "grid":
-        return ((_frac(u / p) < 0.2) | (_frac(v / p) < 0.2)).astype(np.float32)
+        return ((_frac(u / p) < 0.3) | (_frac(v / p) < 0.3)).astype(np.float32)
     if cls in ("crosshatch", "triangles"):
         angles = (np.pi / 6, -np.pi / 6) if cls == "crosshatch" else (0.0, np.pi / 3, -np.pi / 3)
         out = np.zeros_like(u, dtype=bool)
         for a in angles:
-            out |= _frac((u * math.sin(a) + v * math.cos(a)) / p) < 0.17
+            out |= _frac((u * math.sin(a) + v * math.cos(a)) / p) < 0.25
         return out.astype(np.float32)
     r = np.sqrt(u * u + v * v)
     theta = np.arctan2(v, u)
@@ -126,7 +126,7 @@ def _pattern(cls: str, u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Ge
     if cls == "bricks":
         row = np.floor(v / p)
         x = _frac(u / (2 * p) + 0.5 * (row % 2))
-        return ((_frac(v / p) < 0.2) | (x < 0.1)).astype(np.float32)
+        return ((_frac(v / p) < 0.25) | (x < 0.15)).astype(np.float32)
     if cls == "honeycomb":
         s = p * 1.2
         a = np.stack([_frac(u / s) - 0.5, _frac(v / (s * math.sqrt(3))) - 0.5])
@@ -165,8 +165,10 @@ def _pattern(cls: str, u: np.ndarray, v: np.ndarray, p: float, rng: np.random.Ge
 
 
 # Period range (pixels) per class, as a fraction of a 96 px image; scaled with image size.
-_PERIOD = {name: (5.0, 9.0) for name in CLASS_NAMES}
-_PERIOD.update({"camouflage": (8.0, 14.0), "rings": (4.0, 7.0), "spiral": (5.0, 8.0), "speckles": (1.0, 1.0)})
+# Periods are short next to a 6 px patch (1-2 periods per patch), so one patch shows its class's structure.
+_PERIOD = {name: (3.0, 5.0) for name in CLASS_NAMES}
+_PERIOD.update({"camouflage": (5.0, 9.0), "rings": (3.0, 4.5), "spiral": (3.5, 5.0), "bricks": (3.0, 4.5),
+                "speckles": (1.0, 1.0)})
 
 
 def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
