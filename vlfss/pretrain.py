@@ -52,6 +52,8 @@ class PretrainConfig:
     lse_temperature: float = 1.0  # smooth-max sharpness over patches of the token-wise logits
     w_global: float = 0.5  # weight of the global sigmoid losses
     w_uniformity: float = 0.1  # text-only uniformity loss on the class prompts: breaks the early symmetry
+    w_colour_ssl: float = 0.0  # dense colour-invariance loss between two colour remaps of each image (SLIP-style)
+    ssl_temperature: float = 0.1  # temperature of that loss
     checkpoint_every: int = 100  # steps between resumable checkpoints
     eval_every: int = 250  # steps between zero-shot dense checks on held-out scenes
     eval_images: int = 96  # held-out scenes for that check
@@ -75,10 +77,11 @@ class _SceneStream(torch.utils.data.IterableDataset):
         low = SyntheticConfig(image_size=self.pcfg.low_res_size, texture_scale=1.0)
         full = SyntheticConfig()
         while True:
+            views = self.pcfg.w_colour_ssl > 0
             if step < self.pcfg.low_res_steps:
-                yield step, _make_batch(self.seed, step, self.pcfg.low_res_batch, low)
+                yield step, _make_batch(self.seed, step, self.pcfg.low_res_batch, low, views)
             else:
-                yield step, _make_batch(self.seed, step, self.pcfg.batch_size, full)
+                yield step, _make_batch(self.seed, step, self.pcfg.batch_size, full, views)
             step += nw
 
 
@@ -89,7 +92,20 @@ def _normalise(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig):
+def colour_view(imgs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per image a random global colour remap (channel permutation, inversions, gammas): same structure, new colours."""
+    out = np.empty_like(imgs)
+    x = imgs.astype(np.float32) / 255.0
+    for i in range(len(imgs)):
+        y = x[i][..., rng.permutation(3)]
+        inv = rng.random(3) < 0.5
+        y = np.where(inv, 1.0 - y, y)
+        y = y ** rng.uniform(0.6, 1.6, size=3)
+        out[i] = (np.clip(y, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig, views: bool = False):
     scenes = [generate_scene(seed, 1_000_000 + step * batch + i, cfg) for i in range(batch)]
     imgs = np.stack([s.image for s in scenes])
     # Free augmentation that keeps the class: flips and 90 degree turns.
@@ -102,6 +118,8 @@ def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig):
     for i, s in enumerate(scenes):
         target[i, s.class_ids] = 1.0
     prompts = [class_prompt(n, rng) for n in CLASS_NAMES]
+    if views:  # second view: the same scenes in other colours (rows batch..2*batch-1)
+        imgs = np.concatenate([imgs, colour_view(imgs, rng)])
     return _normalise(imgs), [s.caption for s in scenes], torch.from_numpy(target), prompts
 
 
@@ -124,10 +142,23 @@ def dense_embeddings(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.T
 def pretrain_losses(model, images, captions_tok, prompts_tok, target, class_sets, cfg: PretrainConfig):
     """The three sigmoid losses (token-wise, global-vs-prompts, global-vs-captions) and their sum."""
     pooled, tokens = dense_embeddings(model, images)
-    tokens = F.normalize(tokens, dim=-1)  # B x P x D
-    pooled = F.normalize(pooled, dim=-1)  # B x D
+    tokens = F.normalize(tokens, dim=-1)  # V*B x P x D (V = 2 views with the colour loss)
+    pooled = F.normalize(pooled, dim=-1)  # V*B x D
+    b = target.shape[0]
+    views = tokens.shape[0] // b
+    loss_ssl = tokens.new_zeros(())
+    if views == 2:
+        # Dense colour invariance: the token at (image b, cell p) in view 1 must pick the same image's token
+        # at cell p in view 2 among all images' tokens at p. Position cannot help (every candidate shares p),
+        # colour cannot help (remapped), so the local structure must be encoded.
+        t1, t2 = tokens[:b], tokens[b:]
+        logits = torch.einsum("bpd,cpd->pbc", t1, t2) / cfg.ssl_temperature  # P x B x B
+        labels = torch.arange(b).expand(logits.shape[0], b)
+        loss_ssl = 0.5 * (F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+                          + F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), labels.flatten()))
+        target = target.repeat(2, 1)
     t_cls = F.normalize(model.encode_text(prompts_tok), dim=-1)  # C x D
-    t_cap = F.normalize(model.encode_text(captions_tok), dim=-1)  # B x D
+    t_cap = F.normalize(model.encode_text(captions_tok), dim=-1)  # B x D (captions of view 1)
     scale, bias = model.logit_scale.exp(), model.logit_bias
     patch_logits = scale * torch.einsum("bpd,cd->bpc", tokens, t_cls) + bias  # B x P x C
     r = cfg.lse_temperature
@@ -136,16 +167,16 @@ def pretrain_losses(model, images, captions_tok, prompts_tok, target, class_sets
     loss_tok = F.binary_cross_entropy_with_logits(img_logits, target)
     loss_glob = F.binary_cross_entropy_with_logits(scale * pooled @ t_cls.T + bias, target)
     same = torch.tensor([[a == b for b in class_sets] for a in class_sets], dtype=torch.float32)
-    loss_cap = F.binary_cross_entropy_with_logits(scale * pooled @ t_cap.T + bias, same)
+    loss_cap = F.binary_cross_entropy_with_logits(scale * pooled[:b] @ t_cap.T + bias, same)
     # Uniformity (Wang & Isola 2020) of the class prompt embeddings: a loss on text alone. At random init
     # all prompts embed almost alike, so image gradients cannot tell classes apart; spreading the prompts
     # first lets the image side receive class-specific signal from the first steps.
     d2 = torch.cdist(t_cls, t_cls).pow(2)
     off = ~torch.eye(len(t_cls), dtype=torch.bool)
     loss_unif = torch.logsumexp(-2 * d2[off], 0) - math.log(int(off.sum()))
-    total = loss_tok + cfg.w_global * (loss_glob + loss_cap) + cfg.w_uniformity * loss_unif
+    total = loss_tok + cfg.w_global * (loss_glob + loss_cap) + cfg.w_uniformity * loss_unif + cfg.w_colour_ssl * loss_ssl
     return total, {"tok": loss_tok.item(), "glob": loss_glob.item(), "cap": loss_cap.item(),
-                   "unif": loss_unif.item()}
+                   "unif": loss_unif.item(), "ssl": loss_ssl.item()}
 
 
 @torch.no_grad()
