@@ -139,6 +139,14 @@ def cmd_pretrain(args) -> int:
     from .pretrain import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.export:
+        from .pretrain import export_weights
+
+        ckpt = Path(cfg.out_dir) / "last.pt"
+        if not ckpt.is_file():
+            raise InputError(f"no checkpoint {ckpt} to export; train first")
+        print(export_weights(ckpt, Path(args.export), cfg))
+        return 0
     check_writable_dir(Path(cfg.out_dir), "out_dir")
     print(pretrain(cfg, resume=not args.restart))
     return 0
@@ -195,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain-clip", help="train the tiny CLIP on the synthetic world (captions only)")
     p.add_argument("--config", default=None)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in out_dir")
+    p.add_argument("--export", default=None, metavar="FILE", help="only write out_dir's last checkpoint as fp16 "
+                   "safetensors to FILE (e.g. vlfss/assets/vlfss-tiny-vit.safetensors)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_pretrain)
 

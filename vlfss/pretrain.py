@@ -276,10 +276,16 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, tmp)
             os.replace(tmp, ckpt)
     logf.close()
-    model.eval()
-    final = out / f"{cfg.model}.safetensors"
-    atomic_save_safetensors({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
-                            final, metadata={"model": cfg.model, "seed": str(cfg.seed), "steps": str(cfg.steps)})
+    final = export_weights(ckpt, out / f"{cfg.model}.safetensors", cfg)
     atomic_write_text(out / "final.json", json.dumps({"steps": cfg.steps, "seed": cfg.seed,
                                                       "wall_s": round(time.time() - t0, 1)}))
     return final
+
+
+def export_weights(checkpoint: Path, dest: Path, cfg: PretrainConfig) -> Path:
+    """Write the model weights of a resumable checkpoint as float16 safetensors (what ships in the package)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state["model"].items()}
+    atomic_save_safetensors(tensors, dest, metadata={"model": cfg.model, "seed": str(cfg.seed),
+                                                     "step": str(int(state["step"]))})
+    return dest
