@@ -1,0 +1,81 @@
+"""Test-time adaptation: a fine-tuned copy of the head; the segmenter's head never changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import blob_scene
+from vlfss.adapt import adapt_head, flip_encoded, support_loss, support_pseudo_episodes
+from vlfss.errors import ModelError
+from vlfss.model import Segmenter, SegmenterConfig, new_head
+
+
+@pytest.fixture()
+def seg(tiny_backbone):
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    return Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="learned"), head)
+
+
+def _state(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def test_adapt_head_changes_a_copy_and_lowers_the_support_loss(seg, rng):
+    pairs = [blob_scene(rng, 40, 40) for _ in range(3)]
+    specs = seg.build_specs(["a thing"], [pairs], seg.head_variant)
+    before = _state(seg.head)
+    with torch.no_grad():
+        loss0 = float(support_loss(seg.head, specs))
+    adapted = adapt_head(seg, specs, [], steps=8, lr=3e-3)
+    assert adapted is not seg.head
+    after = _state(seg.head)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the original is untouched
+    assert any(not torch.equal(before[k], v) for k, v in adapted.state_dict().items())  # the copy moved
+    with torch.no_grad():
+        loss1 = float(support_loss(adapted, specs))
+    assert loss1 < loss0
+    assert not adapted.training
+
+
+def test_segment_with_adapt_steps_leaves_the_head_alone(seg, rng):
+    q, _ = blob_scene(rng, 40, 56)
+    pair = blob_scene(rng, 40, 56)
+    before = _state(seg.head)
+    plain = seg.segment(q, texts=["x"], supports=[pair])
+    adapted = seg.segment(q, texts=["x"], supports=[pair], adapt_steps=3)
+    assert all(torch.equal(before[k], v) for k, v in seg.head.state_dict().items())
+    assert adapted.labels.shape == plain.labels.shape == (40, 56)
+    assert not torch.allclose(adapted.logits, plain.logits)
+
+
+def test_pseudo_episodes_leave_one_out_or_flip(seg, rng):
+    one = seg.build_specs(None, [[blob_scene(rng)]], seg.head_variant)
+    eps = support_pseudo_episodes(one)
+    assert len(eps) == 1
+    q, mask, spec = eps[0]
+    enc, m = one[0].supports[0]
+    assert torch.equal(q.z, enc.z.flip(-1)) and torch.equal(mask, m.flip(-1)) and spec.supports == one[0].supports
+    three = seg.build_specs(["t"], [[blob_scene(rng) for _ in range(3)]], seg.head_variant)
+    eps = support_pseudo_episodes(three)
+    assert len(eps) == 3 and all(len(s.supports) == 2 for _, _, s in eps)
+    for i, (q, _, s) in enumerate(eps):
+        assert q is three[0].supports[i][0] and all(e is not q for e, _ in s.supports)  # never its own support
+    assert torch.equal(flip_encoded(flip_encoded(enc)).z, enc.z)
+
+
+def test_nothing_to_adapt_on_and_errors(seg, tiny_backbone, rng):
+    specs = seg.build_specs(["only text"], None, seg.head_variant)
+    assert support_loss(seg.head, specs) is None
+    copy = adapt_head(seg, specs, [], steps=5)
+    assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), seg.head.state_dict().values(),
+                                                 strict=True))
+    bare = Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))
+    with pytest.raises(ModelError, match="learned head"):
+        adapt_head(bare, specs, [], steps=1)
+    with pytest.raises(Exception, match="non-negative"):
+        adapt_head(seg, specs, [], steps=-1)
+    with torch.no_grad():
+        assert np.isfinite(float(support_loss(seg.head, seg.build_specs(None, [[blob_scene(rng)]], seg.head_variant))))

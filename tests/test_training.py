@@ -1,0 +1,349 @@
+"""Meta-training: episode plan, views, learning, modes, checkpoints and resume, output-dir and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlfss.config import load_config
+from vlfss.errors import ConfigError, InputError
+from vlfss.training import (
+    KINDS,
+    TrainConfig,
+    ViewBank,
+    _build_data,
+    episode_loss,
+    fit,
+    load_planned_episode,
+    plan_episode,
+    prepare_episode,
+    validate,
+)
+
+TRAIN_IMAGES, VAL_IMAGES, SIZE = 100, 60, 48
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic benchmark (train + val) materialised once for all training tests."""
+    from vlfss.data.synthetic_store import materialize_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    materialize_synthetic(root, "train", TRAIN_IMAGES, 0, "hf", SIZE, workers=1)
+    materialize_synthetic(root, "val", VAL_IMAGES, 0, "hf", SIZE, workers=1)
+    return root
+
+
+def overrides(name: str, weights: str | None, root: Path, out: Path, *extra: str) -> list[str]:
+    """A tiny, fast training config on the tiny random-weights CLIP."""
+    return [f"segmenter.model={name}", f"segmenter.pretrained={weights or 'null'}", "segmenter.templates=plain",
+            "segmenter.head.dim=32", "segmenter.head.hidden=32",
+            f"data.data_root={root}", f"data.options={{image_size: {SIZE}}}",
+            f"data.train_options={{n_images: {TRAIN_IMAGES}}}", f"data.val_options={{n_images: {VAL_IMAGES}}}",
+            "episodes.max_shots=2", f"out_dir={out}", "steps=4", "epoch_steps=1000", "val.episodes=0",
+            "checkpoint_every=2", "progress=false", "warmup=2", "batch_episodes=2", *extra]
+
+
+@pytest.fixture()
+def make_cfg(tiny_clip_name, tiny_clip_weights, synth_root, tmp_path):
+    def make(*extra: str, out: Path | None = None) -> TrainConfig:
+        return load_config(TrainConfig, None, overrides(tiny_clip_name, tiny_clip_weights, synth_root,
+                                                        out or tmp_path / "run", *extra))
+    return make
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+# ------------------------------------------------------------------------------------------ pure parts
+def test_plan_is_a_function_of_seed_step_slot_and_mixes_every_kind():
+    cfg = TrainConfig()
+    plans = [plan_episode(cfg, s, b) for s in range(60) for b in range(cfg.batch_episodes)]
+    assert plans == [plan_episode(cfg, s, b) for s in range(60) for b in range(cfg.batch_episodes)]
+    assert {p.kind for p in plans} == set(KINDS)
+    assert {p.n_way for p in plans} == {1, 2, 3}
+    assert all((p.shots == 0) == (p.kind == "text") and 0 <= p.shots <= cfg.episodes.max_shots for p in plans)
+    assert all(len(p.views) == 1 + p.n_way * p.shots for p in plans)
+    assert {v for p in plans for v in p.views} == {0, 1}  # original or the single augmented view
+    assert len({p.index for p in plans}) == len(plans)  # every slot of every step is another episode
+    other = plan_episode(TrainConfig(seed=1), 0, 0)
+    assert [plan_episode(TrainConfig(seed=1), s, 0) for s in range(10)] != [plan_episode(cfg, s, 0) for s in range(10)]
+    assert other == plan_episode(TrainConfig(seed=1), 0, 0)
+    no_text = [plan_episode(cfg, s, 0, has_text=False) for s in range(30)]
+    assert all(p.kind == "shots" for p in no_text)
+
+
+def test_views_are_deterministic_and_supports_keep_their_object(make_cfg):
+    cfg = make_cfg("augment.views=2", "augment.prob=1.0", "augment.cutmix=0.5", "augment.mixup=0.3")
+    train, classes, samplers, _ = _build_data(cfg)
+    pool = sorted({i for c in classes for i in train.dataset.images_of_class(c)})
+    bank = ViewBank(train.dataset, pool, cfg.augment, cfg.seed)
+    i = pool[0]
+    img0, lab0 = bank.view(i, 0)
+    ref_img, ref_lab = train.dataset.load(i)
+    assert np.array_equal(img0, ref_img) and np.array_equal(lab0, ref_lab)
+    a, b = bank.view(i, 1), ViewBank(train.dataset, pool, cfg.augment, cfg.seed).view(i, 1)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert a[0].shape == ref_img.shape and not np.array_equal(a[0], ref_img)
+    assert not np.array_equal(bank.view(i, 2)[0], a[0])
+    for step in range(6):
+        plan = plan_episode(cfg, step, 0)
+        spec = samplers[plan.n_way].spec(plan.index).with_shots(plan.shots)
+        ep = load_planned_episode(bank, spec, plan)
+        assert len(ep.support_images) == plan.n_way * plan.shots
+        assert all((m == 1).any() for m in ep.support_masks)
+        assert set(np.unique(ep.query_mask)) <= set(range(plan.n_way + 1)) | {255}
+
+
+# ------------------------------------------------------------------------------------------ learning
+@pytest.mark.slow
+def test_short_run_lowers_loss_and_improves_base_class_miou(make_cfg, tiny_backbone, tmp_path):
+    """On the random-weights tiny CLIP, text carries no signal and novel-class gains are noise-level, so this
+    measures what the head can learn from examples: fixed base-class episodes before and after training."""
+    from vlfss.episodes import EpisodeSampler
+    from vlfss.model import Segmenter, load_head, new_head
+
+    cfg = make_cfg("steps=80", "lr=0.01", "log_every=10", "checkpoint_every=1000", "episodes.text_only=0",
+                   "episodes.text_and_shots=0", "episodes.multi_way=0", "augment.views=0", "batch_episodes=4")
+    train, classes, _, _ = _build_data(cfg)
+    probe = EpisodeSampler(train.dataset, classes, 1, 1, seed=123, num_episodes=20)
+    seg = Segmenter(tiny_backbone, cfg.segmenter)
+
+    def probe_loss(head) -> float:
+        with torch.no_grad():
+            losses = []
+            for i in range(len(probe)):
+                p = prepare_episode(seg, probe.episode(i), False, seg.variant, torch.device("cpu"))
+                losses.append(float(episode_loss(head, p.query, p.specs, p.target)))
+        return float(np.mean(losses))
+
+    torch.manual_seed(cfg.seed)
+    before = new_head(tiny_backbone, cfg.segmenter.head)
+    miou0 = validate(seg, probe, modes=["shots"], head=before)["shots"]["miou"]
+    loss0 = probe_loss(before)
+    path = fit(cfg)
+    after, _ = load_head(path, tiny_backbone)
+    miou1 = validate(seg, probe, modes=["shots"], head=after)["shots"]["miou"]
+    loss1 = probe_loss(after)
+    assert loss1 < loss0 - 0.05, (loss0, loss1)
+    assert miou1 > miou0 + 0.03, (miou0, miou1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["last_loss"] < summary["first_loss"]
+    assert summary["train_loop_image_encodes"] == 0
+
+
+def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_backbone, tmp_path):
+    """Every episode kind, N-way, augmented views and a learned prompt train together; nothing is re-encoded
+    in the loop; validation on the novel classes is logged; the outputs load where users load them."""
+    from vlfss.model import Segmenter, SegmenterConfig, load_head
+    from vlfss.prompts import PromptLearner
+
+    cfg = make_cfg("steps=3", "epoch_steps=3", "val.episodes=3", "episodes.multi_way=0.5", "learn_prompt=true",
+                   "augment.views=1", "augment.prob=0.7", "augment.cutmix=0.5", "log_every=1")
+    path = fit(cfg)
+    out = tmp_path / "run"
+    summary = json.loads((out / "summary.json").read_text())
+    train, classes, _, _ = _build_data(cfg)
+    pool = {i for c in classes for i in train.dataset.images_of_class(c)}
+    assert summary["precomputed_images"] == 2 * len(pool)
+    assert summary["train_loop_image_encodes"] == 0
+    assert set(summary["val"]) == set(KINDS)
+    assert all(0.0 <= v["miou"] <= 1.0 for v in summary["val"].values())
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3]
+    assert any("val" in x for x in lines)
+    head, _ = load_head(path, tiny_backbone)
+    pl = PromptLearner.load(out / "prompt.safetensors", tiny_backbone)
+    assert pl.class_names == train.dataset.text_names
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="learned"), head)
+    img, lab = train.dataset.load(0)
+    res = seg.segment(img, texts=["stripes"], supports=[(img, (lab > 0).astype(np.uint8))])
+    assert res.labels.shape == lab.shape
+
+
+def test_fomaml_inner_loop_changes_only_the_head_copy(make_cfg, tiny_backbone):
+    from vlfss.model import Segmenter, new_head
+    from vlfss.prompts import PromptLearner
+    from vlfss.training import TrainModule, fomaml_backward
+
+    cfg = make_cfg("episodes.text_only=0", "episodes.shots_only=0", "episodes.max_shots=2", "augment.views=0")
+    train, classes, samplers, _ = _build_data(cfg)
+    seg = Segmenter(tiny_backbone, cfg.segmenter)
+    bank = ViewBank(train.dataset, [], cfg.augment, cfg.seed)
+    episodes = []
+    for slot in range(2):
+        plan = plan_episode(cfg, 0, slot)
+        episodes.append(load_planned_episode(bank, samplers[plan.n_way].spec(plan.index).with_shots(plan.shots), plan))
+    backbone_before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
+    for learn_prompt in (False, True):
+        torch.manual_seed(0)
+        head = new_head(tiny_backbone, cfg.segmenter.head)
+        prompt = PromptLearner(tiny_backbone, train.dataset.text_names, 2) if learn_prompt else None
+        module = TrainModule(head, prompt)
+        batch = [prepare_episode(seg, ep, True, seg.variant, torch.device("cpu"), learned_text=learn_prompt)
+                 for ep in episodes]
+        head_before = {k: v.clone() for k, v in head.state_dict().items()}
+        ctx_before = prompt.ctx.detach().clone() if prompt is not None else None
+        fomaml_backward(module, batch, inner_steps=2, inner_lr=0.1)
+        assert all(torch.equal(head_before[k], v) for k, v in head.state_dict().items())  # the copy adapted
+        assert all(p.grad is not None for p in head.fusion.q_proj.parameters())
+        if prompt is not None:
+            assert torch.equal(prompt.ctx.detach(), ctx_before) and prompt.ctx.grad is not None
+            assert float(prompt.ctx.grad.abs().sum()) > 0
+        meta_grad = [p.grad.clone() for p in head.parameters() if p.grad is not None]
+        head.zero_grad(set_to_none=True)
+        if prompt is not None:
+            prompt.zero_grad(set_to_none=True)
+        fomaml_backward(module, batch, inner_steps=0, inner_lr=0.1)  # no adaptation: the plain query gradient
+        plain = [p.grad.clone() for p in head.parameters() if p.grad is not None]
+        assert any(not torch.allclose(a, b) for a, b in zip(meta_grad, plain, strict=True))
+    assert all(torch.equal(backbone_before[k], v) for k, v in tiny_backbone.state_dict().items())
+
+
+def test_fomaml_fit_trains_head_and_prompt_only_when_asked(make_cfg, tmp_path, tiny_backbone):
+    cfg = make_cfg("meta_algorithm=fomaml", "steps=2", "inner_steps=1", "learn_prompt=false", "lr=0.01")
+    fit(cfg)
+    w = _weights(tmp_path / "run" / "ckpt-00000002.safetensors")
+    assert not any(k.startswith("prompt.") for k in w)
+    cfg2 = make_cfg("meta_algorithm=fomaml", "steps=2", "inner_steps=1", "learn_prompt=true", "prompt_ctx=2",
+                    out=tmp_path / "run2")
+    from vlfss.prompts import PromptLearner
+
+    fit(cfg2)
+    w2 = _weights(tmp_path / "run2" / "ckpt-00000002.safetensors")
+    train, _, _, _ = _build_data(cfg2)
+    init_ctx = PromptLearner(tiny_backbone, train.dataset.text_names, 2).ctx.detach()  # "a photo": no randomness
+    assert not torch.allclose(w2["prompt.ctx"], init_ctx)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_kill_and_resume_reaches_the_same_weights(make_cfg, tmp_path):
+    full = fit(make_cfg("steps=6", "augment.views=1", out=tmp_path / "full"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Killed
+
+    cfg = make_cfg("steps=6", "augment.views=1", out=tmp_path / "killed")
+    with pytest.raises(Killed):
+        fit(cfg, on_step=kill_at_5)
+    assert json.loads((tmp_path / "killed" / "last.json").read_text())["step"] == 4  # step 5 was lost
+    assert not (tmp_path / "killed" / "head.safetensors").exists()
+    assert not list((tmp_path / "killed").glob("*.tmp"))
+    resumed = fit(cfg, resume=True)
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["started_at_step"] == 4
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+    # the side file is plain tensors: it loads with weights_only=True
+    state = torch.load(tmp_path / "killed" / "ckpt-00000006.state.pt", weights_only=True)
+    assert state["step"] == 6 and "optimizer" in state and "torch_rng" in state
+    assert sorted(p.name for p in (tmp_path / "killed").glob("ckpt-*.safetensors")) == [
+        "ckpt-00000004.safetensors", "ckpt-00000006.safetensors"]  # keep_checkpoints=2
+
+
+def test_resume_refuses_another_config_or_model_and_shows_the_difference(make_cfg, tmp_path, tiny_clip_name):
+    cfg = make_cfg("steps=2")
+    fit(cfg)
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 -> 0\.002.*another out_dir") as e:
+        fit(make_cfg("steps=2", "lr=0.002"), resume=True)
+    assert "\n" not in str(e.value)
+    other = tmp_path / "other.safetensors"
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    save_file({k: v.contiguous() for k, v in open_clip.create_model(tiny_clip_name).state_dict().items()}, str(other))
+    with pytest.raises(ConfigError, match="backbone: .*segmenter.pretrained"):
+        fit(make_cfg("steps=2", f"segmenter.pretrained={other}"), resume=True)
+    with pytest.raises(InputError, match="--resume"):
+        fit(cfg)  # a checkpoint is there and neither resume nor overwrite was asked for
+    fit(make_cfg("steps=3", "progress=true"), resume=False, overwrite=True)  # starts over
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["started_at_step"] == 0
+
+
+def test_unwritable_or_full_output_dir_fails_before_training(make_cfg, tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="not writable"):
+        fit(make_cfg(out=blocker / "run"))
+    import shutil
+
+    import vlfss.checkpoint as ck
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    calls = []
+    with pytest.raises(InputError, match=r"MiB free but training needs about"):
+        fit(make_cfg(out=tmp_path / "full"), on_step=lambda s, loss: calls.append(s))
+    assert calls == [] and not (tmp_path / "full" / "log.jsonl").exists()
+
+
+# ------------------------------------------------------------------------------------------ command line
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("yaml_text,extra,needle", [
+    ("steps: 2\nbogus_key: 1\n", [], "bogus_key"),
+    ("steps: many\n", [], "'steps'"),
+    ("lr: .nan\n", [], "'lr': NaN"),
+    ("steps: 2\n", ["episodes.max_way=lots"], "'episodes.max_way'"),
+    ("augment: {prob: 1.5}\n", [], "'augment.prob'"),
+])
+def test_cli_config_errors_name_the_key(tmp_path, capsys, yaml_text, extra, needle):
+    from vlfss.cli import main
+
+    cfg = _write(tmp_path / "c.yaml", "base: " + str(Path(__file__).parent.parent / "configs" / "base.yaml") + "\n"
+                 + yaml_text)
+    assert main(["train", "--config", str(cfg), f"out_dir={tmp_path / 'o'}", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and err.count("\n") == 0, err
+
+
+def test_cli_class_with_too_few_images_names_it(tiny_clip_name, tiny_clip_weights, synth_root, tmp_path, capsys):
+    from vlfss.cli import main
+
+    args = overrides(tiny_clip_name, tiny_clip_weights, synth_root, tmp_path / "o", "episodes.max_shots=30")
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fewer than 31 images" in err and "(id " in err and "use fewer shots" in err, err
+    assert err.count("\n") == 0
+
+
+def test_cli_train_runs_and_reports(tiny_clip_name, tiny_clip_weights, synth_root, tmp_path, capsys):
+    from vlfss.cli import main
+
+    cfg = _write(tmp_path / "c.yaml", "steps: 2\n")
+    args = overrides(tiny_clip_name, tiny_clip_weights, synth_root, tmp_path / "o", "steps=2")
+    assert main(["train", "--config", str(cfg), *args]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert (tmp_path / "o" / "head.safetensors").is_file()
+    assert main(["train", "--config", str(cfg), *args]) == 2  # checkpoint present: asks for --resume
+    assert main(["train", "--config", str(cfg), "--resume", *args]) == 0  # already done: rewrites outputs
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).parent.parent / "configs"
+    files = sorted(root.glob("base.yaml")) + sorted(root.glob("pascal5i/*.yaml")) + sorted(
+        root.glob("coco20i/*.yaml")) + [p for p in sorted(root.glob("synthetic/*.yaml")) if p.stem != "tiny_clip"]
+    assert len(files) >= 14
+    for f in files:
+        cfg = load_config(TrainConfig, f)
+        if f.stem.startswith("fold"):
+            assert cfg.data.fold == int(f.stem[-1])
+    pas = load_config(TrainConfig, root / "pascal5i" / "fold2.yaml")
+    assert pas.data.benchmark == "pascal5i" and pas.segmenter.model == "ViT-B-16"
+    assert "image_size" not in pas.data.options
