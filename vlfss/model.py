@@ -318,7 +318,7 @@ class Segmenter(nn.Module):
         return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
 
     def _to_input(self, image: np.ndarray, size: tuple[int, int]) -> Tensor:
-        x = torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
