@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class FrozenBackbone(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> "FrozenBackbone":  # noqa: ARG002 - frozen: stays in eval
+    def train(self, mode: bool = True) -> FrozenBackbone:  # noqa: ARG002 - frozen: stays in eval
         return super().train(False)
 
     @property
@@ -103,7 +103,7 @@ class FrozenBackbone(nn.Module):
         """B x D normalised global image embeddings (the library's own encode_image)."""
         return F.normalize(self.dense(images).pooled.float(), dim=-1)
 
-    def text_parts(self) -> "TextParts":
+    def text_parts(self) -> TextParts:
         raise ModelError(f"{self.model_id} has no text encoder; prompt learning needs a CLIP model")
 
 
@@ -258,7 +258,8 @@ def _load_open_clip(name: str, pretrained: str | None, cache_dir: str | None):
         if pretrained not in tags and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
             raise ModelError(f"weights file {pretrained!r} does not exist; pass an existing checkpoint path")
         if pretrained not in tags:
-            raise ModelError(f"unknown pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}"
+            raise ModelError(f"unknown pretrained tag {pretrained!r} for {name}; "
+                             f"known tags: {', '.join(tags) or 'none'}"
                              "; or pass a local checkpoint file")
     try:
         return open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
@@ -391,7 +392,8 @@ class TimmBackbone(FrozenBackbone):
         self.patch_size = int(info.reduction()[-1])
         cfg = model.pretrained_cfg
         self.image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
-        self.mean, self.std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
         self.taps = tuple(range(len(info.channels())))
         self._freeze()
 

@@ -58,8 +58,8 @@ def _build_segmenter(args):
     from .model import Segmenter, SegmenterConfig
 
     overrides = [f"model={args.model}", f"mode={args.mode}", f"device={args.device}"]
-    for key, val in (("templates", args.templates), ("pretrained", args.pretrained), ("head_path", args.head), ("variant", args.variant),
-                     ("input_size", args.input_size), ("cache_dir", args.cache_dir)):
+    for key, val in (("templates", args.templates), ("pretrained", args.pretrained), ("head_path", args.head),
+                     ("variant", args.variant), ("input_size", args.input_size), ("cache_dir", args.cache_dir)):
         if val is not None:
             overrides.append(f"{key}={val}")
     cfg = load_config(SegmenterConfig, None, overrides + list(args.set))

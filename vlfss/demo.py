@@ -53,7 +53,9 @@ def run_demo(out: Path, seed: int = 0, model: str = "vlfss-tiny", pretrained: st
     }
     gt = q.mask == cls + 1
     scale = 3
-    big = lambda a: np.kron(a, np.ones((scale, scale, 1), np.uint8)) if a.ndim == 3 else np.kron(a, np.ones((scale, scale), a.dtype))  # noqa: E731
+    def big(a: np.ndarray) -> np.ndarray:
+        return np.kron(a, np.ones((scale, scale, 1) if a.ndim == 3 else (scale, scale), a.dtype))
+
     panels = [big(q.image), big(overlay(q.image, gt.astype(np.int64)))]
     summary = {"seed": seed, "class": name, "mode": seg.mode, "model": seg.backbone.model_id, "results": {}}
     for key, o in runs.items():

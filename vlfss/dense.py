@@ -16,8 +16,8 @@ read a :class:`ViTParts` description (filled by each backbone adapter) and never
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

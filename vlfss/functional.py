@@ -78,7 +78,10 @@ def multi_prototypes(feats: Tensor, masks: Tensor, k: int, threshold: float = 0.
 
 
 def cosine_map(feats: Tensor, protos: Tensor) -> Tensor:
-    """Cosine similarity of every feature cell to every prototype. feats B x C x h x w, protos M x C -> B x M x h x w."""
+    """Cosine similarity of every feature cell to every prototype.
+
+    feats B x C x h x w, protos M x C -> B x M x h x w.
+    """
     f = F.normalize(feats, dim=1)
     p = F.normalize(protos, dim=-1)
     return torch.einsum("bchw,mc->bmhw", f, p)

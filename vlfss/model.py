@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -282,7 +283,7 @@ class Segmenter(nn.Module):
 
     # ---------------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, cfg: SegmenterConfig) -> "Segmenter":
+    def from_config(cls, cfg: SegmenterConfig) -> Segmenter:
         """Build the backbone and, unless training-free, load the learned head."""
         backbone = build_backbone(cfg.model, cfg.pretrained, cfg.cache_dir, cfg.device)
         head, head_variant = None, None
@@ -340,7 +341,7 @@ class Segmenter(nn.Module):
                                  size=tuple(img.shape[:2]))
             else:
                 todo.setdefault(size, []).append((i, key, x))
-        for size, items in todo.items():
+        for items in todo.values():
             batch = torch.stack([x for _, _, x in items]).to(self.backbone.device)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
                                 and self.backbone.device.type == "cpu"):

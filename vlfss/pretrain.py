@@ -60,6 +60,7 @@ class PretrainConfig:
     low_res_steps: int = 0  # first steps on small scenes (fewer tokens, same texture scale): much cheaper
     low_res_size: int = 48  # side of those scenes (positional embeddings interpolated to its grid)
     low_res_batch: int = 96  # batch size during the low-resolution steps
+    init_weights: str | None = None  # start from these model weights (safetensors) when out_dir has no checkpoint
     threads: int = 2  # torch intra-op threads
     workers: int = 1  # scene-generating worker processes
 
@@ -67,7 +68,7 @@ class PretrainConfig:
 class _SceneStream(torch.utils.data.IterableDataset):
     """Endless batches of (image tensor, caption, class multi-hot), deterministic per (seed, step)."""
 
-    def __init__(self, seed: int, start_step: int, pcfg: "PretrainConfig"):
+    def __init__(self, seed: int, start_step: int, pcfg: PretrainConfig):
         self.seed, self.start, self.pcfg = seed, start_step, pcfg
 
     def __iter__(self):
@@ -174,7 +175,8 @@ def pretrain_losses(model, images, captions_tok, prompts_tok, target, class_sets
     d2 = torch.cdist(t_cls, t_cls).pow(2)
     off = ~torch.eye(len(t_cls), dtype=torch.bool)
     loss_unif = torch.logsumexp(-2 * d2[off], 0) - math.log(int(off.sum()))
-    total = loss_tok + cfg.w_global * (loss_glob + loss_cap) + cfg.w_uniformity * loss_unif + cfg.w_colour_ssl * loss_ssl
+    total = (loss_tok + cfg.w_global * (loss_glob + loss_cap) + cfg.w_uniformity * loss_unif
+             + cfg.w_colour_ssl * loss_ssl)
     return total, {"tok": loss_tok.item(), "glob": loss_glob.item(), "cap": loss_cap.item(),
                    "unif": loss_unif.item(), "ssl": loss_ssl.item()}
 
@@ -242,6 +244,15 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
         opt.load_state_dict(state["opt"])
         start = int(state["step"])
         log.info("resumed from %s at step %d", ckpt, start)
+    elif cfg.init_weights:
+        from safetensors.torch import load_file
+
+        from .errors import ConfigError
+
+        if not Path(cfg.init_weights).is_file():
+            raise ConfigError(f"init_weights {cfg.init_weights} does not exist; pass an existing .safetensors file")
+        model.load_state_dict({k: v.float() for k, v in load_file(cfg.init_weights).items()})
+        log.info("initialised from %s (fresh optimizer, step 0)", cfg.init_weights)
     scfg = SyntheticConfig()
     stream = _SceneStream(cfg.seed, start, cfg)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers)

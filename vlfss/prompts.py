@@ -151,7 +151,7 @@ class PromptLearner(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, backbone) -> "PromptLearner":
+    def load(cls, path: str | Path, backbone) -> PromptLearner:
         """Load a prompt file for ``backbone``; refuses a file learned on another model."""
         meta, ctx = read_prompt_file(path)
         if meta["model_id"] != backbone.model_id:
