@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vlfss.backbones import TINY_WEIGHTS
 from vlfss.config import load_config
 from vlfss.errors import ConfigError, InputError
 from vlfss.training import (
@@ -103,11 +104,11 @@ def test_views_are_deterministic_and_supports_keep_their_object(make_cfg):
 
 # ------------------------------------------------------------------------------------------ learning
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="on the random-weights test CLIP the mIoU gain after 80 steps is not reliable "
-                   "since the synthetic textures changed (seen: 0.113 -> 0.082 while the loss fell); open in issue 5")
-def test_short_run_lowers_loss_and_improves_base_class_miou(make_cfg, tiny_backbone, tmp_path):
-    """On the random-weights tiny CLIP, text carries no signal and novel-class gains are noise-level, so this
-    measures what the head can learn from examples: fixed base-class episodes before and after training."""
+def test_short_run_lowers_the_loss_on_fixed_base_class_episodes(make_cfg, tiny_backbone, tmp_path):
+    """The random-weights test CLIP carries no class signal (text is noise, its 4 x 4 token grid barely separates
+    textures), so class mIoU does not move in a short run (measured 0.11 -> 0.08..0.10: noise). What the head
+    does learn here is measured on fixed base-class episodes: their loss and the foreground/background IoU.
+    The novel-class mIoU gain is tested on the real tiny CLIP below."""
     from vlfss.episodes import EpisodeSampler
     from vlfss.model import Segmenter, load_head, new_head
 
@@ -127,17 +128,43 @@ def test_short_run_lowers_loss_and_improves_base_class_miou(make_cfg, tiny_backb
 
     torch.manual_seed(cfg.seed)
     before = new_head(tiny_backbone, cfg.segmenter.head)
-    miou0 = validate(seg, probe, modes=["shots"], head=before)["shots"]["miou"]
+    fb0 = validate(seg, probe, modes=["shots"], head=before)["shots"]["fb_iou"]
     loss0 = probe_loss(before)
     path = fit(cfg)
     after, _ = load_head(path, tiny_backbone)
-    miou1 = validate(seg, probe, modes=["shots"], head=after)["shots"]["miou"]
+    fb1 = validate(seg, probe, modes=["shots"], head=after)["shots"]["fb_iou"]
     loss1 = probe_loss(after)
-    assert loss1 < loss0 - 0.05, (loss0, loss1)
-    assert miou1 > miou0 + 0.03, (miou0, miou1)
+    assert loss1 < loss0 - 0.1, (loss0, loss1)  # measured 1.53 -> 1.11
+    assert fb1 > fb0 + 0.08, (fb0, fb1)  # measured 0.29 -> 0.48
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["last_loss"] < summary["first_loss"]
     assert summary["train_loop_image_encodes"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="the embedded tiny CLIP weights are not built yet")
+def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
+    """On the real tiny CLIP, 60 steps on fold 0's base classes lift novel-class mIoU in every mode well above
+    the untrained head's (measured 0.0 -> 0.39)."""
+    from vlfss.backbones import build_backbone
+    from vlfss.data.synthetic_store import materialize_synthetic
+    from vlfss.model import Segmenter, new_head
+
+    materialize_synthetic(tmp_path / "data", "train", 150, 0, "hf", 96, workers=1)
+    materialize_synthetic(tmp_path / "data", "val", 60, 0, "hf", 96, workers=1)
+    cfg = load_config(TrainConfig, Path(__file__).parent.parent / "configs" / "synthetic" / "fold0.yaml", [
+        f"data.data_root={tmp_path / 'data'}", "data.train_options={n_images: 150}", "data.val_options={n_images: 60}",
+        "steps=60", "lr=0.003", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000",
+        f"out_dir={tmp_path / 'run'}", "progress=false", "checkpoint_every=1000"])
+    _, _, _, val = _build_data(cfg)
+    backbone = build_backbone("vlfss-tiny")
+    seg = Segmenter(backbone, cfg.segmenter)
+    torch.manual_seed(cfg.seed)
+    untrained = validate(seg, val, head=new_head(backbone, cfg.segmenter.head))
+    fit(cfg)
+    trained = json.loads((tmp_path / "run" / "summary.json").read_text())["val"]
+    for mode in KINDS:
+        assert trained[mode]["miou"] > untrained[mode]["miou"] + 0.1, (mode, untrained, trained)
 
 
 def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_backbone, tmp_path):

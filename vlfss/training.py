@@ -537,6 +537,135 @@ def _clear_checkpoints(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+@dataclass
+class _Run:
+    """Everything one training process holds."""
+
+    seg: Segmenter
+    variant: str  # dense variant the head reads
+    module: TrainModule
+    opt: torch.optim.Optimizer
+    base_lrs: list[float]
+    samplers: dict[int, EpisodeSampler]  # by N
+    bank: ViewBank
+    val: EpisodeSampler | None
+    classes: list[int]  # training classes
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+
+def _setup(cfg: TrainConfig, dctx) -> _Run:
+    """Data, frozen backbone, trainable modules and optimiser; the output folder is checked for space."""
+    from . import checkpoint as ck
+    from .backbones import build_backbone
+    from .cache import FeatureCache
+    from .model import load_head, new_head
+    from .prompts import PromptLearner
+
+    train, classes, samplers, val = _build_data(cfg)
+    scfg = replace(cfg.segmenter, device=str(dctx.device), mode="training-free")
+    backbone = build_backbone(scfg.model, scfg.pretrained, scfg.cache_dir, str(dctx.device))
+    seg = Segmenter(backbone, scfg)
+    variant = seg.variant
+    if cfg.learn_prompt and not backbone.has_text:
+        raise ConfigError(f"config key 'learn_prompt': model {backbone.model_id} has no text encoder")
+    torch.manual_seed(cfg.seed)
+    if cfg.init_head_path:
+        head, variant = load_head(cfg.init_head_path, backbone)
+        seg.head_variant = variant
+    else:
+        head = new_head(backbone, scfg.head)
+    prompt = PromptLearner(backbone, train.dataset.text_names, cfg.prompt_ctx) if cfg.learn_prompt else None
+    module = TrainModule(head, prompt, cfg.dice_weight).to(dctx.device)
+    module.train()
+    n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    ck.check_output_dir(cfg.out_dir, ck.estimate_checkpoint_bytes(n_params, cfg.keep_checkpoints))
+    groups = [{"params": list(head.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if prompt is not None:
+        groups.append({"params": [prompt.ctx], "lr": cfg.prompt_lr, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups)
+    pool = sorted({i for c in classes for i in train.dataset.images_of_class(c)})
+    bank = ViewBank(train.dataset, pool, cfg.augment, cfg.seed)
+    # The cache holds every pool view and validation image, so nothing is encoded twice (unless precompute is off,
+    # where the configured LRU size bounds memory for large datasets).
+    val_images = len({x for sp in val.specs() for x in (sp.query_id, *sp.support_ids)}) if val is not None else 0
+    need = len(pool) * (1 + cfg.augment.views) + val_images + 16
+    capacity = max(need, scfg.feature_cache_items) if cfg.precompute else scfg.feature_cache_items
+    seg.cache = FeatureCache(capacity, scfg.feature_cache_dir)
+    return _Run(seg, variant, module, opt, [g["lr"] for g in groups], samplers, bank, val, classes)
+
+
+def _resume(run: _Run, cfg: TrainConfig, dctx) -> int:
+    """Load the last checkpoint of ``out_dir`` into ``run``; returns its step (0 when there is none)."""
+    from . import checkpoint as ck
+
+    state = ck.load_checkpoint(cfg.out_dir)
+    if state is None:
+        log.info("no checkpoint in %s: starting from scratch", cfg.out_dir)
+        return 0
+    ck.check_compatible(state, run.seg.backbone.model_id, to_dict(cfg))
+    run.module.load_state_dict({k: v.to(dctx.device) for k, v in state.tensors.items()}, strict=True)
+    run.opt.load_state_dict(state.state["optimizer"])
+    ck.restore_rng(state.state)
+    log.info("resumed from %s at step %d", state.path, state.step)
+    return state.step
+
+
+def _train_step(run: _Run, model: nn.Module, cfg: TrainConfig, step: int, dctx) -> tuple[float, int]:
+    """One optimiser step on this rank's shard of the step's episodes; (local loss, images encoded)."""
+    from .distributed import average_gradients
+
+    f = lr_factor(step, cfg.steps, cfg.warmup)
+    for g, base in zip(run.opt.param_groups, run.base_lrs, strict=True):
+        g["lr"] = base * f
+    before = run.seg.image_encodes
+    batch = []
+    has_text, learned = run.seg.backbone.has_text, run.module.prompt is not None
+    for slot in shard(cfg.batch_episodes, dctx.rank, dctx.world):
+        plan = plan_episode(cfg, step, slot, has_text)
+        spec = run.samplers[plan.n_way].spec(plan.index).with_shots(plan.shots)
+        ep = load_planned_episode(run.bank, spec, plan)
+        batch.append(prepare_episode(run.seg, ep, plan.use_text, run.variant, dctx.device, learned))
+    encoded = run.seg.image_encodes - before
+    run.opt.zero_grad(set_to_none=True)
+    if cfg.meta_algorithm == "fomaml":
+        loss_value = fomaml_backward(run.module, batch, cfg.inner_steps, cfg.inner_lr)
+        average_gradients(run.params, dctx)
+    else:
+        loss = model(batch)  # DDP averages the gradients over ranks in backward
+        loss.backward()
+        loss_value = float(loss.detach())
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    return loss_value, encoded
+
+
+def _write_outputs(run: _Run, cfg: TrainConfig, dctx, summary: dict[str, Any]) -> Path:
+    """head.safetensors (+ prompt.safetensors, export copy, rank weights) and summary.json."""
+    from .io_utils import atomic_save_safetensors, atomic_write_text
+
+    out = Path(cfg.out_dir)
+    final = out / "head.safetensors"
+    head, prompt = run.module.head, run.module.prompt
+    if cfg.save_rank_weights:
+        atomic_save_safetensors({k: v.detach().cpu() for k, v in run.module.state_dict().items()},
+                                out / f"rank{dctx.rank}.safetensors")
+    if dctx.is_main:
+        model_id = run.seg.backbone.model_id
+        extra = {"fold": cfg.data.fold, "benchmark": cfg.data.benchmark, "train_classes": run.classes,
+                 "steps": cfg.steps, "meta_algorithm": cfg.meta_algorithm}
+        head.save(final, model_id, run.variant, extra=extra)
+        if prompt is not None:
+            prompt.save(out / "prompt.safetensors", extra={"trained_with_head": True})
+        if cfg.export_path:
+            head.save(cfg.export_path, model_id, run.variant, extra=extra)
+        atomic_write_text(out / "summary.json", json.dumps({**summary, "head": str(final)}, indent=2))
+    return final
+
+
 def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         on_step: Callable[[int, float], None] | None = None) -> Path:
     """Meta-train the head as ``cfg`` says; returns the final head file (``out_dir/head.safetensors``).
@@ -545,124 +674,47 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
     if it was written for another model or config). Without ``resume`` an existing checkpoint is an error
     unless ``overwrite``. ``on_step(step, loss)`` is called after every optimiser step.
     """
+    from tqdm import tqdm
+
     from . import checkpoint as ck
-    from .backbones import build_backbone
-    from .distributed import (
-        all_reduce_mean,
-        average_gradients,
-        cleanup,
-        init_distributed,
-        replicas_max_difference,
-    )
-    from .model import load_head, new_head
-    from .prompts import PromptLearner
+    from .distributed import all_reduce_mean, cleanup, init_distributed, replicas_max_difference
 
     dctx = init_distributed(cfg.segmenter.device)
     try:
         check_config(cfg, dctx.world)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        out = Path(cfg.out_dir)
-        ck.check_output_dir(out)
+        out = ck.check_output_dir(cfg.out_dir)
         if ck.has_checkpoint(out) and not resume:
             if not overwrite:
                 raise InputError(f"{out} already holds a training checkpoint; pass --resume to continue it, "
                                  "--overwrite to start over, or another out_dir=...")
             if dctx.is_main:
                 _clear_checkpoints(out)
-        train, classes, samplers, val_sampler = _build_data(cfg)
-        scfg = replace(cfg.segmenter, device=str(dctx.device), mode="training-free")
-        backbone = build_backbone(scfg.model, scfg.pretrained, scfg.cache_dir, str(dctx.device))
-        seg = Segmenter(backbone, scfg)
-        variant = seg.variant
-        if cfg.learn_prompt and not backbone.has_text:
-            raise ConfigError(f"config key 'learn_prompt': model {backbone.model_id} has no text encoder")
-        torch.manual_seed(cfg.seed)
-        if cfg.init_head_path:
-            head, variant = load_head(cfg.init_head_path, backbone)
-            seg.head_variant = variant
-        else:
-            head = new_head(backbone, scfg.head)
-        prompt = PromptLearner(backbone, train.dataset.text_names, cfg.prompt_ctx) if cfg.learn_prompt else None
-        module = TrainModule(head, prompt, cfg.dice_weight).to(dctx.device)
-        module.train()
-        n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        ck.check_output_dir(out, ck.estimate_checkpoint_bytes(n_params, cfg.keep_checkpoints))
-        groups = [{"params": list(head.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-        if prompt is not None:
-            groups.append({"params": [prompt.ctx], "lr": cfg.prompt_lr, "weight_decay": 0.0})
-        opt = torch.optim.AdamW(groups)
-        base_lrs = [g["lr"] for g in groups]
-        meta = {"backbone": backbone.model_id, "variant": variant, "config": to_dict(cfg)}
-        start = 0
-        if resume:
-            state = ck.load_checkpoint(out)
-            if state is None:
-                log.info("no checkpoint in %s: starting from scratch", out)
-            else:
-                ck.check_compatible(state, backbone.model_id, to_dict(cfg))
-                module.load_state_dict({k: v.to(dctx.device) for k, v in state.tensors.items()}, strict=True)
-                opt.load_state_dict(state.state["optimizer"])
-                ck.restore_rng(state.state)
-                start = state.step
-                log.info("resumed from %s at step %d", state.path, start)
-
-        pool = sorted({i for c in classes for i in train.dataset.images_of_class(c)})
-        bank = ViewBank(train.dataset, pool, cfg.augment, cfg.seed)
-        val_images = 0
-        if val_sampler is not None:
-            ids = {x for s in val_sampler.specs() for x in (s.query_id, *s.support_ids)}
-            val_images = len(ids)
-        from .cache import FeatureCache
-
-        need = len(pool) * (1 + cfg.augment.views) + val_images + 16
-        capacity = max(need, scfg.feature_cache_items) if cfg.precompute else scfg.feature_cache_items
-        seg.cache = FeatureCache(capacity, scfg.feature_cache_dir)
+        run = _setup(cfg, dctx)
+        start = _resume(run, cfg, dctx) if resume else 0
         precomputed = 0
         if cfg.precompute:
-            precomputed = precompute_features(seg, bank, cfg.augment.views, variant,
+            precomputed = precompute_features(run.seg, run.bank, cfg.augment.views, run.variant,
                                               progress=cfg.progress and dctx.is_main)
             log.info("encoded %d pool images and views once", precomputed)
-
+        model: nn.Module = run.module
         if dctx.distributed and cfg.meta_algorithm == "episodic":
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             dev_ids = [dctx.local_rank] if dctx.device.type == "cuda" else None
-            model: nn.Module = DDP(module, device_ids=dev_ids, find_unused_parameters=True)
-        else:
-            model = module
+            model = DDP(run.module, device_ids=dev_ids, find_unused_parameters=True)
+        meta = {"backbone": run.seg.backbone.model_id, "variant": run.variant, "config": to_dict(cfg)}
+        val_modes = [m for m in cfg.val.modes if run.seg.backbone.has_text or m == "shots"]
         logger = _Logger(out, dctx.is_main, cfg.tensorboard, append=start > 0)  # a fresh start starts a fresh log
-        from tqdm import tqdm
-
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step",
                    disable=not (cfg.progress and dctx.is_main))
-        params = [p for p in module.parameters() if p.requires_grad]
         train_encodes, recent, history, last_val = 0, [], [], None
         t0 = time.time()
         try:
             for step in bar:
-                f = lr_factor(step, cfg.steps, cfg.warmup)
-                for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                    g["lr"] = base * f
-                before = seg.image_encodes
-                batch = []
-                for slot in shard(cfg.batch_episodes, dctx.rank, dctx.world):
-                    plan = plan_episode(cfg, step, slot, backbone.has_text)
-                    spec = samplers[plan.n_way].spec(plan.index).with_shots(plan.shots)
-                    ep = load_planned_episode(bank, spec, plan)
-                    batch.append(prepare_episode(seg, ep, plan.use_text, variant, dctx.device, prompt is not None))
-                train_encodes += seg.image_encodes - before
-                opt.zero_grad(set_to_none=True)
-                if cfg.meta_algorithm == "fomaml":
-                    loss_value = fomaml_backward(module, batch, cfg.inner_steps, cfg.inner_lr)
-                    average_gradients(params, dctx)
-                else:
-                    loss = model(batch)
-                    loss.backward()
-                    loss_value = float(loss.detach())
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
+                loss_value, encoded = _train_step(run, model, cfg, step, dctx)
+                train_encodes += encoded
                 done = step + 1
                 loss_mean = all_reduce_mean(loss_value, dctx)
                 recent.append(loss_mean)
@@ -670,16 +722,14 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                 bar.set_postfix(loss=f"{loss_mean:.4f}")
                 if done % cfg.log_every == 0 or done == cfg.steps:
                     logger.write({"step": done, "loss": round(sum(recent) / len(recent), 5),
-                                  "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)})
+                                  "lr": run.opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)})
                     recent = []
-                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    if dctx.is_main:
-                        tensors = {k: v for k, v in module.state_dict().items()}
-                        ck.save_checkpoint(out, done, tensors, meta, {"optimizer": opt.state_dict(),
-                                                                      **ck.rng_state()}, cfg.keep_checkpoints)
-                if val_sampler is not None and (done % cfg.epoch_steps == 0 or done == cfg.steps):
-                    last_val = validate(seg, val_sampler, None, _val_modes(cfg, backbone.has_text), head, prompt,
-                                        dctx, variant)
+                if dctx.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                    ck.save_checkpoint(out, done, dict(run.module.state_dict()), meta,
+                                       {"optimizer": run.opt.state_dict(), **ck.rng_state()}, cfg.keep_checkpoints)
+                if run.val is not None and (done % cfg.epoch_steps == 0 or done == cfg.steps):
+                    last_val = validate(run.seg, run.val, None, val_modes, run.module.head, run.module.prompt,
+                                        dctx, run.variant)
                     logger.write({"step": done, "val": last_val})
                     log.info("step %d validation (novel classes): %s", done, _fmt_val(last_val))
                 if on_step is not None:
@@ -687,40 +737,18 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         finally:
             bar.close()
             logger.close()
-
-        head.eval()
-        diff = replicas_max_difference([p.detach() for p in params], dctx)
+        run.module.eval()
+        diff = replicas_max_difference([p.detach() for p in run.params], dctx)
         if diff > 0:
             log.warning("replicas differ by up to %.3g after training", diff)
-        final = out / "head.safetensors"
-        if cfg.save_rank_weights:
-            from .io_utils import atomic_save_safetensors
-
-            atomic_save_safetensors({k: v.detach().cpu() for k, v in module.state_dict().items()},
-                                    out / f"rank{dctx.rank}.safetensors")
-        if dctx.is_main:
-            extra = {"fold": cfg.data.fold, "benchmark": cfg.data.benchmark, "train_classes": classes,
-                     "steps": cfg.steps, "meta_algorithm": cfg.meta_algorithm}
-            head.save(final, backbone.model_id, variant, extra=extra)
-            if prompt is not None:
-                prompt.save(out / "prompt.safetensors", extra={"trained_with_head": True})
-            if cfg.export_path:
-                head.save(cfg.export_path, backbone.model_id, variant, extra=extra)
-            summary = {"steps": cfg.steps, "started_at_step": start, "world": dctx.world,
-                       "first_loss": history[0] if history else None,
-                       "last_loss": float(np.mean(history[-max(1, cfg.log_every):])) if history else None,
-                       "precomputed_images": precomputed, "train_loop_image_encodes": train_encodes,
-                       "replica_max_difference": diff, "val": last_val, "head": str(final)}
-            from .io_utils import atomic_write_text
-
-            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-        return final
+        summary = {"steps": cfg.steps, "started_at_step": start, "world": dctx.world,
+                   "first_loss": history[0] if history else None,
+                   "last_loss": float(np.mean(history[-max(1, cfg.log_every):])) if history else None,
+                   "precomputed_images": precomputed, "train_loop_image_encodes": train_encodes,
+                   "replica_max_difference": diff, "val": last_val, "loop_wall_s": round(time.time() - t0, 1)}
+        return _write_outputs(run, cfg, dctx, summary)
     finally:
         cleanup(dctx)
-
-
-def _val_modes(cfg: TrainConfig, has_text: bool) -> list[str]:
-    return [m for m in cfg.val.modes if has_text or m == "shots"]
 
 
 def _fmt_val(val: dict[str, dict[str, float]]) -> str:
