@@ -33,6 +33,7 @@ from vlfss.evaluation import (
     parse_eval_args,
     patch_grid_oracle,
     reject_least_confident,
+    reject_masks,
     resize_labels,
     resize_probs,
 )
@@ -97,6 +98,19 @@ def test_reject_least_confident():
     assert int(reject_least_confident(conf, valid, 1.0).sum()) == 0
     with pytest.raises(InputError):
         reject_least_confident(conf, valid, 1.5)
+
+
+def test_reject_masks_match_one_fraction_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    conf = torch.randint(0, 5, (9, 7), generator=g).float() / 4  # many ties
+    valid = torch.rand(9, 7, generator=g) > 0.2
+    fractions = (0.0, 0.1, 0.33, 0.5, 1.0)
+    for frac, keep in zip(fractions, reject_masks(conf, valid, fractions), strict=True):
+        expected = valid.clone().reshape(-1)
+        idx = torch.nonzero(valid.reshape(-1)).flatten()
+        k = int(round(frac * len(idx)))
+        expected[idx[torch.sort(conf.reshape(-1)[idx], stable=True).indices[:k]]] = False
+        assert torch.equal(keep, expected.reshape(valid.shape)), frac
 
 
 def test_patch_grid_oracle_hand_made():

@@ -85,3 +85,20 @@ def test_losses_ignore_255_and_reward_correct_logits():
     t = torch.tensor([[[1, 0]]])
     assert fn.nway_ce_dice_loss(logits, t) < fn.nway_ce_dice_loss(logits.flip(1), t)
     assert math.isfinite(float(fn.nway_ce_dice_loss(logits, torch.full((1, 1, 2), 255))))
+
+
+def test_fit_logistic_1d_recovers_slope_and_ignores_uninformative_scores():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, generator=g) * 0.05 + 0.2  # cosine-like scores: small spread, far from 0
+    y = (torch.rand(4000, generator=g) < torch.sigmoid(60 * x - 13)).float()
+    x0 = x.clone()
+    a, b = fn.fit_logistic_1d(x, y, 1 - y, l2=1e-4)
+    assert abs(a - 60) < 8 and abs(b + 13) < 2
+    assert torch.equal(x, x0)
+    noise = torch.randn(4000, generator=g)
+    a, b = fn.fit_logistic_1d(noise, y, 1 - y)
+    prior = math.log(float(y.mean()) / (1 - float(y.mean())))
+    assert abs(a) < 0.1 and abs(b - prior) < 0.1
+    # soft labels: a cell half foreground counts half for each side
+    a, b = fn.fit_logistic_1d(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]))
+    assert abs(a) < 1e-6 and abs(b) < 1e-6

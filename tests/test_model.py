@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import blob_scene
+from vlfss import functional as fn
 from vlfss.errors import InputError, ModelError
 from vlfss.model import Segmenter, SegmenterConfig, load_head, new_head
 
@@ -67,6 +68,38 @@ def test_one_shot_finds_the_support_object_on_identical_image(seg, rng):
     pred = out.masks[0].numpy()
     iou = np.logical_and(pred, mask).sum() / np.logical_or(pred, mask).sum()
     assert iou > 0.5
+
+
+def _grid_iou(logits: torch.Tensor, mask: np.ndarray) -> float:
+    m = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask)[None].float(), logits.shape[-2:])[0] > 0.5
+    p = logits > 0
+    return float((p & m).sum()) / max(float((p | m).sum()), 1.0)
+
+
+@pytest.mark.parametrize("text_kind", ["unrelated", "anti-aligned"])
+def test_text_calibrated_on_supports_does_not_spoil_examples(tiny_backbone, rng, text_kind):
+    """Text the supports show to be useless (or reversed) must not drag the examples' prediction down."""
+    img, mask = blob_scene(rng, 64, 64)
+    results = {}
+    for calibrate in (True, False):
+        seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="training-free", input_size=128))
+        seg.cfg.training_free.calibrate_text = calibrate
+        spec = seg.build_specs(["thing"], [(img, mask)], seg.variant)[0]
+        e, m = spec.supports[0]
+        fg, _ = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
+        if text_kind == "unrelated":  # a seeded random direction
+            text = torch.randn(fg.shape[-1], generator=torch.Generator().manual_seed(0))
+        else:
+            text = -fg[0]
+        spec.text = torch.nn.functional.normalize(text, dim=0)
+        both = seg.training_free_logits(e, [spec], [])[0]
+        spec_ex = type(spec)(name="thing", text=None, supports=spec.supports)
+        examples = seg.training_free_logits(e, [spec_ex], [])[0]
+        results[calibrate] = (_grid_iou(both, mask), _grid_iou(examples, mask))
+    both_cal, examples = results[True]
+    assert both_cal >= examples - 0.05
+    if text_kind == "anti-aligned":  # the uncalibrated average follows the reversed text
+        assert results[False][0] < examples - 0.2
 
 
 def test_more_shots_all_used(seg, rng):

@@ -101,18 +101,29 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, n_bins: int 
 
 def reject_least_confident(confidence: Tensor, valid: Tensor, fraction: float) -> Tensor:
     """Boolean keep-mask: ``valid`` minus its round(fraction * n_valid) least confident pixels (ties: first)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise InputError(f"rejection fraction must be in [0, 1], got {fraction}")
-    keep = valid.clone()
-    n_valid = int(valid.sum())
-    k = int(round(fraction * n_valid))
-    if k == 0:
-        return keep
+    return reject_masks(confidence, valid, [fraction])[0]
+
+
+def reject_masks(confidence: Tensor, valid: Tensor, fractions: Sequence[float]) -> list[Tensor]:
+    """``reject_least_confident`` for several fractions at once, from one stable sort of the valid pixels."""
+    for fraction in fractions:
+        if not 0.0 <= fraction <= 1.0:
+            raise InputError(f"rejection fraction must be in [0, 1], got {fraction}")
     flat_idx = torch.nonzero(valid.reshape(-1)).flatten()
-    order = torch.sort(confidence.reshape(-1)[flat_idx], stable=True).indices[:k]
-    flat = keep.reshape(-1).clone()
-    flat[flat_idx[order]] = False
-    return flat.reshape(valid.shape)
+    n_valid = int(flat_idx.numel())
+    order = None
+    out = []
+    for fraction in fractions:
+        k = int(round(fraction * n_valid))
+        if k == 0:
+            out.append(valid.clone())
+            continue
+        if order is None:  # least confident first; stable, so ties reject the first pixel
+            order = flat_idx[torch.sort(confidence.reshape(-1)[flat_idx], stable=True).indices]
+        flat = valid.reshape(-1).clone()
+        flat[order[:k]] = False
+        out.append(flat.reshape(valid.shape))
+    return out
 
 
 def patch_grid_oracle(target: Tensor, grid: tuple[int, int], num_labels: int, ignore: int = IGNORE) -> Tensor:
@@ -178,8 +189,7 @@ class RowStats:
             ent = entropy.float().cpu()
             ok, bad = valid & correct, valid & ~correct
             self.entropy += torch.stack([_fixed(ent[ok]).sum(), ok.sum(), _fixed(ent[bad]).sum(), bad.sum()])
-        for j, frac in enumerate(self.reject):
-            keep = reject_least_confident(confidence, valid, frac)
+        for j, keep in enumerate(reject_masks(confidence, valid, self.reject)):
             self.kept[j] += int(keep.sum())
             self.reject_meters[j].update(pred, torch.where(keep, target, torch.full_like(target, IGNORE)),
                                          class_ids, episode)

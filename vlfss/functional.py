@@ -92,6 +92,37 @@ def foreground_logit(fg_sim: Tensor, bg_sim: Tensor, temperature: float) -> Tens
     return (fg_sim - bg_sim) / temperature
 
 
+def fit_logistic_1d(x: Tensor, fg: Tensor, bg: Tensor, l2: float = 1e-2, steps: int = 25) -> tuple[float, float]:
+    """Weighted 1-D logistic regression ``p(fg | x) = sigmoid(a x + b)`` by Newton's method -> (a, b).
+
+    ``x``, ``fg``, ``bg`` are same-shaped: a score per cell and the cell's foreground / background weight
+    (soft labels, as ``mask_weights`` gives). ``x`` is standardised first so that the ridge penalty ``l2 * a^2``
+    (per unit of total weight) does not depend on the score's units; ``b`` is not penalised.
+    """
+    x, fg, bg = x.reshape(-1).double(), fg.reshape(-1).double(), bg.reshape(-1).double()
+    w = fg + bg
+    total = float(w.sum())
+    if total <= 0:
+        raise ValueError("fit_logistic_1d needs cells with a foreground or background weight")
+    y = fg / w.clamp_min(1e-12)
+    mu = float((w * x).sum()) / total
+    sd = math.sqrt(max(float((w * (x - mu) ** 2).sum()) / total, 1e-12))
+    xs = (x - mu) / sd
+    X = torch.stack([xs, torch.ones_like(xs)], 1)  # M x 2
+    theta = torch.zeros(2, dtype=torch.float64)
+    ridge = torch.diag(torch.tensor([l2 * total, 1e-9 * total], dtype=torch.float64))
+    for _ in range(steps):
+        p = torch.sigmoid(X @ theta)
+        grad = X.T @ (w * (p - y)) + ridge @ theta
+        hess = X.T @ (X * (w * p * (1 - p)).unsqueeze(1)) + ridge
+        step = torch.linalg.solve(hess, grad)
+        theta = theta - step
+        if float(step.abs().max()) < 1e-8:
+            break
+    a, b = float(theta[0]) / sd, float(theta[1]) - float(theta[0]) * mu / sd
+    return a, b
+
+
 def nway_logits(fg_logits: Tensor) -> Tensor:
     """B x N x h x w per-class foreground log-odds -> B x (N+1) x h x w with background logit 0 in channel 0.
 

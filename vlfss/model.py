@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class TrainingFreeConfig:
     background_prompts: list[str] = field(default_factory=lambda: ["background", "a plain background"])
     proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes
     num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground
+    calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
+    calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
 
 
 @dataclass
@@ -430,10 +433,14 @@ class Segmenter(nn.Module):
         out = []
         for spec in specs:
             terms, weights = [], []
+            evidence = None
             if spec.text is not None:
                 s = fn.cosine_map(z, spec.text.unsqueeze(0))[0, 0]
-                terms.append((s - text_bg) * scale)
-                weights.append(cfg.text_weight)
+                if spec.supports and cfg.calibrate_text:
+                    evidence = self._support_calibrated_text(s, spec)
+                if evidence is None:
+                    terms.append((s - text_bg) * scale)
+                    weights.append(cfg.text_weight)
             if spec.supports:
                 if cfg.num_prototypes > 1:
                     feats = torch.stack([e.z for e, _ in spec.supports])
@@ -446,8 +453,34 @@ class Segmenter(nn.Module):
                 terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
                 weights.append(cfg.proto_weight)
             total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
+            if evidence is not None:
+                total = total + cfg.text_weight * evidence
             out.append(total)
         return torch.stack(out)
+
+    def _support_calibrated_text(self, s: Tensor, spec: ClassSpec) -> Tensor | None:
+        """Text evidence for the query (h x w log-likelihood ratio), calibrated on the class's own supports.
+
+        A 1-D logistic fit of the supports' cell labels on their text cosine gives ``a * cos + b``; minus the
+        supports' prior log-odds, that is what the text adds to the prototype log-odds. Text the encoder does
+        not align with the supports' masks gets ``a`` near 0 and adds nothing, instead of dragging the fused
+        prediction with an uncalibrated threshold. None when the supports lack foreground or background.
+        """
+        text = spec.text.unsqueeze(0)  # type: ignore[union-attr]
+        cos, fgw, bgw = [], [], []
+        for e, m in spec.supports:
+            cos.append(fn.cosine_map(e.z.unsqueeze(0), text)[0, 0])
+            f, b = fn.mask_weights(m.unsqueeze(0), tuple(e.z.shape[-2:]))
+            fgw.append(f[0])
+            bgw.append(b[0])
+        fg_sum = float(sum(f.sum() for f in fgw))
+        bg_sum = float(sum(b.sum() for b in bgw))
+        if fg_sum <= 0 or bg_sum <= 0:
+            return None
+        a, b = fn.fit_logistic_1d(torch.cat([c.flatten() for c in cos]), torch.cat([f.flatten() for f in fgw]),
+                                  torch.cat([g.flatten() for g in bgw]), l2=self.cfg.training_free.calibration_l2)
+        prior = math.log(fg_sum / bg_sum)
+        return a * s + (b - prior)
 
     def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
         """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""

@@ -30,6 +30,17 @@ def _check_pair(image: np.ndarray, mask: np.ndarray, what: str = "image") -> Non
                          f"{getattr(mask, 'shape', type(mask))}")
 
 
+def _check_two_pairs(op: str, image_a: np.ndarray, mask_a: np.ndarray, image_b: np.ndarray, mask_b: np.ndarray,
+                     alpha: float) -> None:
+    """The input checks ``cutmix`` and ``mixup`` share: two valid, equal-size pairs and a positive ``alpha``."""
+    _check_pair(image_a, mask_a, "image_a")
+    _check_pair(image_b, mask_b, "image_b")
+    if image_a.shape != image_b.shape:
+        raise InputError(f"{op} needs equal sizes, got {image_a.shape} and {image_b.shape}; crop them first")
+    if alpha <= 0:
+        raise InputError(f"alpha must be > 0, got {alpha}")
+
+
 def _check_prob(name: str, p: float) -> None:
     if not 0.0 <= float(p) <= 1.0:
         raise InputError(f"{name} must be in [0, 1], got {p}")
@@ -157,12 +168,7 @@ def cutmix(
 
     Returns (image, mask, lam) with lam the exact fraction of pixels that still come from a.
     """
-    _check_pair(image_a, mask_a, "image_a")
-    _check_pair(image_b, mask_b, "image_b")
-    if image_a.shape != image_b.shape:
-        raise InputError(f"cutmix needs equal sizes, got {image_a.shape} and {image_b.shape}; crop them first")
-    if alpha <= 0:
-        raise InputError(f"alpha must be > 0, got {alpha}")
+    _check_two_pairs("cutmix", image_a, mask_a, image_b, mask_b, alpha)
     h, w = mask_a.shape
     lam = float(rng.beta(alpha, alpha))
     cut = np.sqrt(1.0 - lam)
@@ -196,12 +202,7 @@ def mixup(
     alpha: float = 0.4,
 ) -> Mixed:
     """Blend two equal-size pairs with lam ~ Beta(alpha, alpha); see the module docstring for the labels."""
-    _check_pair(image_a, mask_a, "image_a")
-    _check_pair(image_b, mask_b, "image_b")
-    if image_a.shape != image_b.shape:
-        raise InputError(f"mixup needs equal sizes, got {image_a.shape} and {image_b.shape}; crop them first")
-    if alpha <= 0:
-        raise InputError(f"alpha must be > 0, got {alpha}")
+    _check_two_pairs("mixup", image_a, mask_a, image_b, mask_b, alpha)
     lam = float(rng.beta(alpha, alpha))
     img = lam * image_a.astype(np.float32) + (1 - lam) * image_b.astype(np.float32)
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)

@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,16 +189,20 @@ def classes_of_label(label: np.ndarray, num_classes: int, where: str = "<mask>")
 
 
 # ------------------------------------------------------------------------------------------ interface
-class SegDataset(ABC):
+class SegDataset:
     """Images with label maps over ``class_names`` (0-based ids index the list).
 
-    Subclasses implement ``__len__``, ``image_id``, ``load_image`` and ``load_label``; they may override
-    ``_compute_classes`` to read which classes each image holds from metadata instead of scanning masks.
-    ``index_file`` (optional) caches that scan as JSON, keyed by the list of image ids.
+    A reader sets ``_ids`` (image ids in index order) and implements ``_image_path`` and ``_label_path``;
+    the defaults below then give ``__len__``, ``image_id``, ``load_image`` and ``load_label``, so every
+    reader checks indices and names files the same way. A reader without files or ids (rows of a table,
+    arrays in memory) overrides those four instead. Readers may override ``_compute_classes`` to read which
+    classes each image holds from metadata instead of scanning masks. ``index_file`` (optional) caches
+    that scan as JSON, keyed by the list of image ids.
     """
 
     name: str = "dataset"
     class_names: list[str]
+    _ids: list[str]  # image ids in index order, set by the reader
 
     def __init__(self, index_file: str | Path | None = None) -> None:
         self._index_file = Path(index_file) if index_file is not None else None
@@ -207,21 +210,32 @@ class SegDataset(ABC):
         self._by_class: dict[int, list[int]] | None = None
         self._id_to_index: dict[str, int] | None = None
 
-    # --- required
-    @abstractmethod
-    def __len__(self) -> int: ...
+    # --- per image: defaults over ``_ids`` and the two path hooks (shared so readers cannot drift apart)
+    def __len__(self) -> int:
+        return len(self._ids)
 
-    @abstractmethod
     def image_id(self, i: int) -> str:
         """A stable string id of image ``i`` (file stem, row id): episode files store these."""
+        self._check_index(i)
+        return self._ids[i]
 
-    @abstractmethod
     def load_image(self, i: int) -> np.ndarray:
         """H x W x 3 uint8 RGB image."""
+        self._check_index(i)
+        return read_rgb(self._image_path(i))
 
-    @abstractmethod
     def load_label(self, i: int) -> np.ndarray:
         """H x W label map: 0 background, c+1 for class c, ``ignore_label`` ignored (uint8 unless >= 255 classes)."""
+        self._check_index(i)
+        return read_label(self._label_path(i))
+
+    def _image_path(self, i: int) -> Path:
+        """The image file of (already checked) index ``i``, for the default ``load_image``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _image_path or override load_image")
+
+    def _label_path(self, i: int) -> Path:
+        """The label-map file of (already checked) index ``i``, for the default ``load_label``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _label_path or override load_label")
 
     # --- provided
     @property

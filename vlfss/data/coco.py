@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
-from .base import SegDataset, normalise_split, read_label, read_rgb, resolve_dir
+from .base import SegDataset, normalise_split, resolve_dir
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +89,8 @@ class COCODataset(SegDataset):
         self._ids = masks
         self._img_dir, self._ann_dir = img_dir, ann_dir
 
-    def __len__(self) -> int:
-        return len(self._ids)
+    def _image_path(self, i: int) -> Path:
+        return self._img_dir / f"{self._ids[i]}.jpg"
 
-    def image_id(self, i: int) -> str:
-        self._check_index(i)
-        return self._ids[i]
-
-    def load_image(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_rgb(self._img_dir / f"{self._ids[i]}.jpg")
-
-    def load_label(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_label(self._ann_dir / f"{self._ids[i]}.png")
+    def _label_path(self, i: int) -> Path:
+        return self._ann_dir / f"{self._ids[i]}.png"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
-from .base import IMAGE_EXTENSIONS, SegDataset, classes_of_label, encode_png, read_label, read_rgb, resolve_dir
+from .base import IMAGE_EXTENSIONS, SegDataset, classes_of_label, encode_png, resolve_dir
 
 logger = logging.getLogger(__name__)
 
@@ -152,20 +152,11 @@ class FolderDataset(SegDataset):
             meta[rec["id"]] = rec
         return meta
 
-    def __len__(self) -> int:
-        return len(self._ids)
+    def _image_path(self, i: int) -> Path:
+        return self._image_paths[i]
 
-    def image_id(self, i: int) -> str:
-        self._check_index(i)
-        return self._ids[i]
-
-    def load_image(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_rgb(self._image_paths[i])
-
-    def load_label(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_label(self._mask_paths[i])
+    def _label_path(self, i: int) -> Path:
+        return self._mask_paths[i]
 
     def caption(self, i: int) -> str | None:
         self._check_index(i)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import SegDataset, normalise_split, read_label, read_rgb, resolve_dir
+from .base import SegDataset, normalise_split, resolve_dir
 from .folder import read_id_list
 
 logger = logging.getLogger(__name__)
@@ -111,20 +111,14 @@ class FSS1000Dataset(SegDataset):
     def text_names(self) -> list[str]:
         return [n.replace("_", " ") for n in self.class_names]  # folder names use underscores: "ab_wheel"
 
-    def __len__(self) -> int:
-        return len(self._ids)
+    def _image_path(self, i: int) -> Path:
+        return self.root / f"{self._ids[i]}.jpg"
 
-    def image_id(self, i: int) -> str:
-        self._check_index(i)
-        return self._ids[i]
-
-    def load_image(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_rgb(self.root / f"{self._ids[i]}.jpg")
+    def _label_path(self, i: int) -> Path:
+        return self.root / f"{self._ids[i]}.png"
 
     def load_label(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        raw = read_label(self.root / f"{self._ids[i]}.png")
+        raw = super().load_label(i)  # the binary mask; checks ``i``
         dtype = np.uint8 if self.num_classes < 255 else np.uint16  # the full 1000 classes need 16-bit labels
         return np.where(raw >= 128, self._items[i][1] + 1, 0).astype(dtype)
 

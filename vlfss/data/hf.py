@@ -114,13 +114,6 @@ class HFDataset(SegDataset):
                     raise DataError(f"{name} dataset {self.source}: row {i} class_ids {cids!r} are not 0-based ids "
                                     f"below {self.num_classes}")
 
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def image_id(self, i: int) -> str:
-        self._check_index(i)
-        return self._ids[i]
-
     def _decode(self, cell: dict, col: str, i: int, label: bool) -> np.ndarray:
         where = f"{self.source} row {i} column {col!r}"
         if cell is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
-from .base import SegDataset, normalise_split, read_label, read_rgb, resolve_dir
+from .base import SegDataset, normalise_split, resolve_dir
 from .folder import read_id_list
 
 logger = logging.getLogger(__name__)
@@ -137,20 +137,11 @@ class PascalDataset(SegDataset):
     def text_names(self) -> list[str]:
         return list(VOC_TEXT_NAMES)
 
-    def __len__(self) -> int:
-        return len(self._ids)
+    def _image_path(self, i: int) -> Path:
+        return self.root / "JPEGImages" / f"{self._ids[i]}.jpg"
 
-    def image_id(self, i: int) -> str:
-        self._check_index(i)
-        return self._ids[i]
-
-    def load_image(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_rgb(self.root / "JPEGImages" / f"{self._ids[i]}.jpg")
-
-    def load_label(self, i: int) -> np.ndarray:
-        self._check_index(i)
-        return read_label(self.mask_dir / f"{self._ids[i]}.png")
+    def _label_path(self, i: int) -> Path:
+        return self.mask_dir / f"{self._ids[i]}.png"
 
     def _compute_classes(self) -> list[list[int]]:
         if self._pairs is not None:
