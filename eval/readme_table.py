@@ -28,7 +28,11 @@ def build_argv(args: argparse.Namespace) -> list[str]:
             "--episodes", str(args.episodes), "--seeds", str(args.seed), "--mode", args.mode,
             "--model", args.model, "--templates", args.templates, "--out", str(args.work_dir)]
     argv += ["--overwrite"] if args.fresh else ["--resume"]
-    for flag, val in (("--pretrained", args.pretrained), ("--head", args.head), ("--data-root", args.data_root)):
+    head = args.head
+    if head is None and args.mode != "training-free" and args.model == "vlfss-tiny":
+        # the protocol: fold i is scored with the head meta-trained on the other folds' classes
+        head = str(HERE.parent / "vlfss" / "assets" / "head-vlfss-tiny-fold{fold}.safetensors")
+    for flag, val in (("--pretrained", args.pretrained), ("--head", head), ("--data-root", args.data_root)):
         if val is not None:
             argv += [flag, str(val)]
     if args.bench_opt:
@@ -58,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="both", help="training-free, learned or both")
     ap.add_argument("--model", default="vlfss-tiny")
     ap.add_argument("--pretrained", default=None, help="weights file (default: the embedded ones)")
-    ap.add_argument("--head", default=None, help="learned head (default: the one shipped for the model)")
-    ap.add_argument("--templates", default="default")
+    ap.add_argument("--head", default=None, help="learned head, {fold} for one per fold (default for vlfss-tiny: "
+                    "the shipped per-fold heads, vlfss/assets/head-vlfss-tiny-fold{fold}.safetensors)")
+    ap.add_argument("--templates", default="synthetic", help="template set (the tiny CLIP's captions' phrasings)")
     ap.add_argument("--data-root", default=None, help="synthetic cache root (default: the vlfss cache)")
     ap.add_argument("--bench-opt", nargs="*", default=[], metavar="KEY=VALUE",
                     help="synthetic options, e.g. n_images=150 image_size=48 for a smoke run")

@@ -246,6 +246,46 @@ def test_head_on_another_variant_costs_one_more_encode(make_seg, bench):
     assert {r["variant"] for r in res.rows if r["mode"] == "learned"} == {"plain"}
 
 
+def test_one_head_per_fold(make_seg, bench):
+    """Fold i is scored with fold i's head (trained without fold i's classes); rows record which."""
+    from vlfss.evaluation import module_digest
+
+    seg = make_seg()
+    torch.manual_seed(1)
+    other = new_head(seg.backbone)
+    res = evaluate(seg, bench, folds=[0, 1], shots=[1], episodes=3, seeds=[0], modes="learned", progress=False,
+                   baselines=False, fold_heads={1: other})
+    digests = {r["fold"]: r["head"] for r in res.rows}
+    assert digests == {0: module_digest(seg.head), 1: module_digest(other)}
+    alone = evaluate(make_seg(), bench, folds=[1], shots=[1], episodes=3, seeds=[0], modes="learned",
+                     progress=False, baselines=False, fold_heads={1: other})
+    solo = Segmenter(seg.backbone, SegmenterConfig(templates="plain"), head=other)
+    direct = evaluate(solo, bench, folds=[1], shots=[1], episodes=3, seeds=[0], modes="learned", progress=False,
+                      baselines=False)
+    fold1 = [_metrics_only(r) for r in res.rows if r["fold"] == 1]
+    assert fold1 == [_metrics_only(r) for r in alone.rows]
+    assert [r["miou"] for r in fold1] == [r["miou"] for r in direct.rows]
+    assert seg.head is not other  # the segmenter's own head is back after the run
+
+
+def test_cli_head_per_fold(cli_args, tiny_backbone, tmp_path, capsys):
+    from vlfss.cli import main
+
+    variant = Segmenter(tiny_backbone, SegmenterConfig(templates="plain")).variant
+    for fold in (0, 2):
+        torch.manual_seed(fold)
+        new_head(tiny_backbone).save(tmp_path / f"h{fold}.safetensors", tiny_backbone.model_id, variant)
+    args = ["eval", "--benchmark", "synthetic", "--shots", "1", "--episodes", "2", "--mode", "learned",
+            "--head", str(tmp_path / "h{fold}.safetensors"), *cli_args]
+    assert main([*args, "--fold", "0", "2", "--out", str(tmp_path / "o")]) == 0
+    rows, _ = read_jsonl(tmp_path / "o" / "results.jsonl")
+    assert len({r["head"] for r in rows if r["mode"] == "learned"}) == 2
+    capsys.readouterr()
+    assert main([*args, "--fold", "0", "1", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "h1.safetensors" in err and "train the fold's head" in err
+
+
 def test_outputs_written_readable_and_episode_files_reused(make_seg, bench, tmp_path):
     out = tmp_path / "a"
     res = evaluate(make_seg(), bench, folds=[0, 2], shots=[0, 1], episodes=3, seeds=[0, 1], modes="both",

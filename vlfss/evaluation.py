@@ -529,6 +529,7 @@ def evaluate(
     seeds: Sequence[int] = (0,),
     modes: Sequence[str] | str = ("training-free",),
     options: EvalOptions | None = None,
+    fold_heads: dict[int, Any] | None = None,
     **overrides: Any,
 ) -> EvalResults:
     """Score every mode x input x shots row on the same episodes of each (fold, seed).
@@ -536,6 +537,8 @@ def evaluate(
     ``benchmark``: a Benchmark (used for every fold) or ``fold -> Benchmark`` (PASCAL-5i's lists are per fold).
     ``folds`` default: all. ``modes``: "training-free", "learned" or "both". ``options``/``overrides``: see
     ``EvalOptions``. With ``episode_files`` the folds and seeds come from the files (``folds`` filters).
+    ``fold_heads``: a learned head per fold (fold i's head meta-trained without fold i's classes, as the
+    protocol needs); folds without one use ``segmenter.head``.
     Under torchrun every rank calls this; episodes are sharded and sums all-reduced; rank 0 writes files.
     """
     try:
@@ -560,7 +563,14 @@ def evaluate(
     for x in opts.reject:
         if not 0.0 <= x < 1.0:
             raise InputError(f"rejection fractions must be in [0, 1), got {x}")
-    if "learned" in modes_l and segmenter.head is None:
+    heads = dict(fold_heads or {})
+    default_head = segmenter.head
+
+    def head_of(fold: int) -> Any:
+        return heads.get(fold, default_head)
+
+    if "learned" in modes_l and any(head_of(f) is None for f in range(bench0.num_folds)
+                                    if folds is None or f in folds_l):
         raise ModelError("learned mode needs a trained head: pass --head FILE (from `vlfss train`) or use "
                          "--mode training-free")
     has_text = bool(segmenter.backbone.has_text)
@@ -568,7 +578,9 @@ def evaluate(
     if not has_text:
         logger.warning("model %s has no text encoder: text rows are skipped", segmenter.backbone.model_id)
     chash = config_hash(segmenter, bench0.name, bench0.split, opts)
-    head_digest = module_digest(segmenter.head) if "learned" in modes_l else None  # weights, not the file name
+    # weights, not the file name, identify a head; one per fold
+    digests = ({f: module_digest(head_of(f)) for f in range(bench0.num_folds) if head_of(f) is not None}
+               if "learned" in modes_l else {})
     out_dir = Path(opts.out_dir) if opts.out_dir else None
     results_path = out_dir / RESULTS_FILE if out_dir else None
 
@@ -578,7 +590,7 @@ def evaluate(
     if rank == 0:
         try:
             plan = ("ok", _plan(bench_of, folds_l if folds is not None or not opts.episode_files else None,
-                                shots_l, episodes, seeds_l, opts, plan_rows, chash, head_digest, out_dir,
+                                shots_l, episodes, seeds_l, opts, plan_rows, chash, digests, out_dir,
                                 results_path))
         except Exception as e:  # every rank must leave the broadcast below, then fail alike
             if world == 1:
@@ -615,6 +627,7 @@ def evaluate(
                 continue
             bench = bench_of(g.fold)
             bar.set_postfix_str(f"fold {g.fold} seed {g.seed}")
+            segmenter.head = head_of(g.fold)
             stats = _run_group(segmenter, bench, g, opts, rank, world, bar)
             reduced = {key: stats[key].all_reduce() for key in g.todo}
             novel = bench.novel_classes(g.fold)
@@ -625,7 +638,7 @@ def evaluate(
                     metrics=reduced[(mode, inp, k)].metrics(bench.class_names, novel),
                     episode_hash=g.episode_hash, episodes_file=g.episodes_file, config_hash=chash,
                     model=segmenter.backbone.model_id,
-                    head=head_digest if mode == "learned" else None,
+                    head=digests.get(g.fold) if mode == "learned" else None,
                     variant=segmenter.head_variant if mode == "learned" else segmenter.variant,
                     command=opts.command or "python API", versions=versions).to_json()
                 new_rows.append(row)
@@ -633,6 +646,7 @@ def evaluate(
                     append_jsonl(results_path, row)
     finally:
         bar.close()
+        segmenter.head = default_head
 
     cache = _cache_stats(segmenter, hits0, misses0, enc0, len(distinct), variants)
     order = {k: i for i, k in enumerate(plan_rows)}
@@ -666,7 +680,7 @@ def _bench_factory(benchmark: BenchmarkLike) -> Callable[[int], Benchmark]:
     raise InputError(f"benchmark must be a Benchmark or a fold -> Benchmark function, got {type(benchmark).__name__}")
 
 
-def _plan(bench_of, folds, shots, episodes, seeds, opts, plan_rows, chash, head_digest, out_dir, results_path):
+def _plan(bench_of, folds, shots, episodes, seeds, opts, plan_rows, chash, digests, out_dir, results_path):
     """Episode lists per (fold, seed) and the rows each still needs; writes episode files; reads old rows."""
     kmax = max(shots)
     old_rows: list[dict[str, Any]] = []
@@ -678,8 +692,8 @@ def _plan(bench_of, folds, shots, episodes, seeds, opts, plan_rows, chash, head_
                 if other:
                     raise InputError(f"{results_path} holds rows of another configuration (model or options "
                                      f"differ); use another --out, or --overwrite to replace them")
-                heads = {r.get("head") for r in rows if r.get("mode") == "learned"}
-                if head_digest is not None and heads - {head_digest}:
+                if any(r.get("head") != digests.get(r.get("fold")) for r in rows
+                       if r.get("mode") == "learned" and r.get("fold") in digests):
                     raise InputError(f"{results_path} holds learned rows of another head; use another --out, or "
                                      "--overwrite to replace them")
                 if torn:
@@ -711,7 +725,7 @@ def _plan(bench_of, folds, shots, episodes, seeds, opts, plan_rows, chash, head_
                 lists.append((fold, seed, specs, h, saved))
 
     def key(h: str, fold: int, seed: int, row: tuple[str, str, int]) -> tuple:
-        return (chash, head_digest if row[0] == "learned" else None, h, fold, seed, *row)
+        return (chash, digests.get(fold) if row[0] == "learned" else None, h, fold, seed, *row)
 
     done = {row_key(r) for r in old_rows}
     groups = []
@@ -806,6 +820,7 @@ class EvalRequest:
     modes: list[str]  # training-free and/or learned
     bench_options: dict[str, Any]  # reader options (e.g. convention for coco20i)
     segmenter_overrides: list[str]  # SegmenterConfig key=value overrides
+    head_template: str | None  # --head with "{fold}": one head file per fold
     device: str  # torch device asked for ("cuda" becomes cuda:LOCAL_RANK under torchrun)
     options: EvalOptions  # the rest
 
@@ -847,7 +862,8 @@ def build_eval_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentPars
     ap.add_argument("--cache-items", type=int, default=None, help="in-memory feature cache size")
     ap.add_argument("--model", default="vlfss-tiny", help="backbone name (see `vlfss models`)")
     ap.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local weights file")
-    ap.add_argument("--head", default=None, help="learned head weights (safetensors)")
+    ap.add_argument("--head", default=None, help="learned head weights (safetensors); a path with {fold} names one "
+                    "head per fold (fold i's head trained without fold i's classes)")
     ap.add_argument("--variant", default=None, help="dense last-block variant")
     ap.add_argument("--templates", default="default", help="template set name or file")
     ap.add_argument("--input-size", type=int, default=None, help="encoder long side in pixels")
@@ -891,10 +907,12 @@ def parse_eval_args(argv: Sequence[str]) -> EvalRequest:
         meta["convention"] = opts.setdefault("convention", "interleaved")
     seg = [f"model={args.model}", f"templates={args.templates}", f"device={args.device}"]
     modes = _normalise_modes(args.mode)
-    if args.head is not None and not Path(args.head).is_file():
+    head_template = args.head if args.head is not None and "{fold}" in args.head else None
+    if args.head is not None and head_template is None and not Path(args.head).is_file():
         raise ModelError(f"head weights {args.head} do not exist; train one with `vlfss train` or drop --head")
     seg.append("mode=learned" if "learned" in modes else "mode=training-free")
-    for key, val in (("pretrained", args.pretrained), ("head_path", args.head), ("variant", args.variant),
+    for key, val in (("pretrained", args.pretrained), ("head_path", None if head_template else args.head),
+                     ("variant", args.variant),
                      ("input_size", args.input_size), ("cache_dir", args.cache_dir),
                      ("feature_cache_dir", args.feature_cache_dir)):
         if val is not None:
@@ -906,7 +924,7 @@ def parse_eval_args(argv: Sequence[str]) -> EvalRequest:
         plots=not args.no_plots, progress=not args.quiet, command="vlfss eval " + shlex.join(list(argv)),
         cache_items=args.cache_items, benchmark_meta=meta)
     return EvalRequest(name, args.data_root, args.split, folds, args.shots, args.episodes, args.seeds, modes, opts,
-                       seg + list(args.set), args.device, options)
+                       seg + list(args.set), head_template, args.device, options)
 
 
 def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
@@ -926,22 +944,50 @@ def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
         if not 0 <= f < first.num_folds:
             raise InputError(f"{first.name}: fold must be 0..{first.num_folds - 1} or 'all', got {f}")
     factory: BenchmarkLike = bench_of if req.benchmark == "pascal5i" else first
+    head_files: dict[int, Path] = {}
+    if req.head_template is not None:
+        head_files = {f: Path(req.head_template.replace("{fold}", str(f)))
+                      for f in (req.folds if req.folds is not None else range(first.num_folds))}
+        missing = [str(p) for p in head_files.values() if not p.is_file()]
+        if missing:
+            raise ModelError(f"--head {req.head_template}: no head file {', '.join(missing)}; train the fold's head "
+                             "(`vlfss train --config ...foldN.yaml`, or eval/train_heads.py) or name existing files")
     if segmenter is None:
         from .config import load_config
         from .model import Segmenter, SegmenterConfig
 
         overrides = list(req.segmenter_overrides)
+        if head_files:
+            overrides.append(f"head_path={next(iter(head_files.values()))}")
         if req.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one GPU per torchrun rank
             overrides.append(f"device=cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         segmenter = Segmenter.from_config(load_config(SegmenterConfig, None, overrides))
+    fold_heads = _load_fold_heads(segmenter, head_files)
     started = _init_distributed(str(segmenter.backbone.device))
     try:
-        return evaluate(segmenter, factory, req.folds, req.shots, req.episodes, req.seeds, req.modes, req.options)
+        return evaluate(segmenter, factory, req.folds, req.shots, req.episodes, req.seeds, req.modes, req.options,
+                        fold_heads=fold_heads)
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _load_fold_heads(segmenter: Any, files: dict[int, Path]) -> dict[int, Any]:
+    """One learned head per fold; all must share the dense variant the segmenter's head uses."""
+    from .model import load_head
+
+    heads = {}
+    for fold, path in files.items():
+        head, variant = load_head(path, segmenter.backbone)
+        if segmenter.head is not None and variant != segmenter.head_variant:
+            raise ModelError(f"head {path} was trained on dense variant {variant!r}, the other folds' heads on "
+                             f"{segmenter.head_variant!r}; train every fold's head on one variant")
+        if segmenter.head is None:
+            segmenter.head, segmenter.head_variant = head, variant
+        heads[fold] = head
+    return heads
 
 
 def _init_distributed(device: str) -> bool:
