@@ -177,3 +177,45 @@ def test_image_modes_converted(seg, tmp_path, rng):
         p = tmp_path / f"{name}.png"
         im.save(p)
         assert seg.segment(str(p), texts=["a cat"]).labels.shape == (40, 56)
+
+
+def test_head_output_is_a_residual_over_the_training_free_log_odds(tiny_backbone, rng):
+    """With the decoder's last layer at zero, learned mode reproduces training-free mode (the head corrects it)."""
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    assert head.cfg.residual_prior
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned"), head)
+    q, _ = blob_scene(rng, 64, 64)
+    s, sm = blob_scene(rng, 64, 64)
+    specs = seg.build_specs(["a cat", "a dog"], [[(s, sm)], []], seg.head_variant)
+    (query,) = seg.encode([q], seg.head_variant)
+    free = seg.training_free_logits(query, specs, [])
+    assert torch.allclose(head.prior(query, specs, []), free, atol=1e-5)
+    with torch.no_grad():
+        head.decoder.head.weight.zero_()
+        head.decoder.head.bias.zero_()
+        out = head([query], specs)[0]
+    expected = torch.nn.functional.interpolate(free[None], size=out.shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(out, expected[0], atol=1e-5)
+
+
+def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
+    meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
+    del meta["head"]["residual_prior"]
+    old = {k: v for k, v in state.items() if not k.startswith("prior_")}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata={"vlfss": json.dumps(meta)})
+    loaded, _ = load_head(tmp_path / "old.safetensors", tiny_backbone)
+    assert not loaded.cfg.residual_prior
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.items())
+    broken = dict(old)
+    broken.pop("text_scale")
+    save_file(broken, str(tmp_path / "broken.safetensors"), metadata={"vlfss": json.dumps(meta)})
+    with pytest.raises(ModelError, match="do not fit"):
+        load_head(tmp_path / "broken.safetensors", tiny_backbone)

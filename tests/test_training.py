@@ -367,8 +367,13 @@ def test_cli_train_runs_and_reports(tiny_clip_name, tiny_clip_weights, synth_roo
 def test_shipped_configs_load():
     root = Path(__file__).parent.parent / "configs"
     files = sorted(root.glob("base.yaml")) + sorted(root.glob("pascal5i/*.yaml")) + sorted(
-        root.glob("coco20i/*.yaml")) + [p for p in sorted(root.glob("synthetic/*.yaml")) if p.stem != "tiny_clip"]
+        root.glob("coco20i/*.yaml")) + [p for p in sorted(root.glob("synthetic/*.yaml"))
+                                          if not p.stem.startswith("tiny_clip")]
     assert len(files) >= 14
+    from vlfss.pretrain import PretrainConfig
+
+    for f in sorted(root.glob("synthetic/tiny_clip*.yaml")):  # the CLIP pretraining stages
+        assert isinstance(load_config(PretrainConfig, f), PretrainConfig)
     for f in files:
         cfg = load_config(TrainConfig, f)
         if f.stem.startswith("fold"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as fn
+from . import training_free as tf
 from .backbones import FrozenBackbone, build_backbone
 from .cache import FeatureCache, content_hash
 from .decoder import Decoder
@@ -62,6 +62,7 @@ class HeadConfig:
     layers: int = 2  # cross-attention layers
     hidden: int = 64  # decoder channels
     max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
+    residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
 
 
 @dataclass
@@ -146,10 +147,17 @@ class ClassSpec:
 class SegHead(nn.Module):
     """Learned fusion + decoder: per (query, class) pair, a foreground log-odds map at 4x patch resolution."""
 
-    def __init__(self, tap_dim: int, num_taps: int, embed_dim: int, cfg: HeadConfig) -> None:
+    def __init__(self, tap_dim: int, num_taps: int, embed_dim: int, cfg: HeadConfig, prior_bg_prompts: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
+        # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
+        # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
+        # else the max cosine to background prompt embeddings).
+        self.register_buffer("prior_scale", torch.tensor(100.0))
+        self.register_buffer("prior_level", torch.tensor(0.0))
+        self.register_buffer("prior_has_level", torch.tensor(0.0))
+        self.register_buffer("prior_bg_text", torch.zeros(prior_bg_prompts, embed_dim))  # M x D
         support_dim = tap_dim * num_taps + embed_dim
         self.fusion = CrossAttentionFusion(support_dim, embed_dim, support_dim, cfg.dim, cfg.heads, cfg.layers)
         self.sim_channels = 1 + 3 * (num_taps + 1) + 2  # text, (fg, bg, max-corr) per level, 2 availability flags
@@ -158,7 +166,15 @@ class SegHead(nn.Module):
 
     def config_dict(self) -> dict:
         return {"tap_dim": self.tap_dim, "num_taps": self.num_taps, "embed_dim": self.embed_dim,
-                "head": asdict(self.cfg)}
+                "head": asdict(self.cfg), "prior_bg_prompts": int(self.prior_bg_text.shape[0])}
+
+    def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> Tensor:
+        """The training-free log-odds N x h x w (default TrainingFreeConfig) that the decoder's output corrects."""
+        level = float(self.prior_level) if float(self.prior_has_level) else None
+        bg = self.prior_bg_text if len(self.prior_bg_text) else None
+        text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
+        return tf.training_free_logits(query.z, specs, negatives, TrainingFreeConfig(), float(self.prior_scale),
+                                       text_bg)
 
     @staticmethod
     def _levels(e: Encoded) -> list[Tensor]:
@@ -233,7 +249,11 @@ class SegHead(nn.Module):
         fused = fused.transpose(1, 2).reshape(len(keys), -1, h, w)
         tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
         out = self.decoder(fused, torch.stack(sims), tap_stacks, torch.stack(rgb))  # P x 1 x 4h x 4w
-        return out.view(len(queries), len(specs), *out.shape[-2:])
+        out = out.view(len(queries), len(specs), *out.shape[-2:])
+        if self.cfg.residual_prior:
+            prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
+            out = out + F.interpolate(prior.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
+        return out
 
     def save(self, path: str | Path, backbone_id: str, variant: str, extra: dict | None = None) -> Path:
         meta = {"format": HEAD_FORMAT, "backbone": backbone_id, "variant": variant, **self.config_dict(),
@@ -418,85 +438,20 @@ class Segmenter(nn.Module):
                              negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None) -> Tensor:
         """Per-class foreground log-odds N x h x w from text and prototype similarities on Z."""
         cfg = self.cfg.training_free
-        z = query.z.unsqueeze(0)  # 1 x D x h x w
-        bg_protos = []
-        for spec in specs:
-            for e, m in spec.supports:
-                _, bg = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
-                bg_protos.append(bg)
-        for e, m in negatives:
-            fg, _ = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
-            bg_protos.append(fg)
-        bg_map = fn.cosine_map(z, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
-        text_bg = self._text_background(z, neg_text)
         scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
-        out = []
-        for spec in specs:
-            terms, weights = [], []
-            evidence = None
-            if spec.text is not None:
-                s = fn.cosine_map(z, spec.text.unsqueeze(0))[0, 0]
-                if spec.supports and cfg.calibrate_text:
-                    evidence = self._support_calibrated_text(s, spec)
-                if evidence is None:
-                    terms.append((s - text_bg) * scale)
-                    weights.append(cfg.text_weight)
-            if spec.supports:
-                if cfg.num_prototypes > 1:
-                    feats = torch.stack([e.z for e, _ in spec.supports])
-                    masks = torch.stack([m for _, m in spec.supports])
-                    fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
-                else:
-                    fg = torch.cat([fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0] for e, m in spec.supports])
-                fg_map = fn.cosine_map(z, fg).max(1).values[0]
-                bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
-                terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
-                weights.append(cfg.proto_weight)
-            total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
-            if evidence is not None:
-                total = total + cfg.text_weight * evidence
-            out.append(total)
-        return torch.stack(out)
-
-    def _support_calibrated_text(self, s: Tensor, spec: ClassSpec) -> Tensor | None:
-        """Text evidence for the query (h x w log-likelihood ratio), calibrated on the class's own supports.
-
-        A 1-D logistic fit of the supports' cell labels on their text cosine gives ``a * cos + b``; minus the
-        supports' prior log-odds, that is what the text adds to the prototype log-odds. Text the encoder does
-        not align with the supports' masks gets ``a`` near 0 and adds nothing, instead of dragging the fused
-        prediction with an uncalibrated threshold. None when the supports lack foreground or background.
-        """
-        text = spec.text.unsqueeze(0)  # type: ignore[union-attr]
-        cos, fgw, bgw = [], [], []
-        for e, m in spec.supports:
-            cos.append(fn.cosine_map(e.z.unsqueeze(0), text)[0, 0])
-            f, b = fn.mask_weights(m.unsqueeze(0), tuple(e.z.shape[-2:]))
-            fgw.append(f[0])
-            bgw.append(b[0])
-        fg_sum = float(sum(f.sum() for f in fgw))
-        bg_sum = float(sum(b.sum() for b in bgw))
-        if fg_sum <= 0 or bg_sum <= 0:
-            return None
-        a, b = fn.fit_logistic_1d(torch.cat([c.flatten() for c in cos]), torch.cat([f.flatten() for f in fgw]),
-                                  torch.cat([g.flatten() for g in bgw]), l2=self.cfg.training_free.calibration_l2)
-        prior = math.log(fg_sum / bg_sum)
-        return a * s + (b - prior)
+        return tf.training_free_logits(query.z, specs, negatives, cfg, scale,
+                                       self._text_background(query.z.unsqueeze(0), neg_text))
 
     def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
         """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""
         cfg = self.cfg.training_free
-        level: Tensor | float
-        if cfg.text_threshold is not None:
-            level = cfg.text_threshold
-        elif self.backbone.logit_bias is not None:
+        level = cfg.text_threshold
+        if level is None and self.backbone.logit_bias is not None:
             level = -self.backbone.logit_bias / self.backbone.logit_scale
-        else:
+        bg = None
+        if level is None:
             bg = ensemble_text_embeddings(self.backbone, cfg.background_prompts, self.templates)
-            level = fn.cosine_map(z, bg).max(1).values[0]
-        if neg_text is not None and len(neg_text):
-            neg = fn.cosine_map(z, neg_text).max(1).values[0]
-            level = torch.maximum(torch.as_tensor(level, dtype=neg.dtype), neg)
-        return level
+        return tf.text_background(z, level, bg, neg_text)
 
     # ---------------------------------------------------------------------------------- public
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
@@ -572,8 +527,16 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
     if meta["backbone"] != backbone.model_id:
         raise ModelError(f"head {path} was trained on {meta['backbone']!r}, not {backbone.model_id!r}; "
                          "train a head for this backbone or use --mode training-free")
-    head = SegHead(meta["tap_dim"], meta["num_taps"], meta["embed_dim"], HeadConfig(**meta["head"]))
-    head.load_state_dict(state)
+    cfg = dict(meta["head"])
+    cfg.setdefault("residual_prior", False)  # heads saved before the residual prior existed predict on their own
+    head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them
+    except RuntimeError:  # tensor shapes differ: another head size or backbone width
+        missing, unexpected = ["shapes differ"], []
+    if unexpected or any(not k.startswith("prior_") for k in missing):
+        raise ModelError(f"head weights {path} do not fit a {meta['head']} head for {backbone.model_id} "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     head.eval()
     return head, meta["variant"]
 
@@ -581,7 +544,19 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
 def new_head(backbone: FrozenBackbone, cfg: HeadConfig | None = None) -> SegHead:
     """An untrained head sized for ``backbone``."""
     width = getattr(backbone, "width", backbone.embed_dim)
-    return SegHead(width, len(backbone.taps), backbone.embed_dim, cfg or HeadConfig())
+    bg = None
+    if backbone.has_text and backbone.logit_bias is None:  # background level from prompts, as training-free does
+        templates = load_templates(getattr(backbone, "default_templates", "default"))
+        bg = ensemble_text_embeddings(backbone, TrainingFreeConfig().background_prompts, templates)
+    head = SegHead(width, len(backbone.taps), backbone.embed_dim, cfg or HeadConfig(), 0 if bg is None else len(bg))
+    with torch.no_grad():
+        head.prior_scale.fill_(float(backbone.logit_scale))
+        if backbone.logit_bias is not None:
+            head.prior_level.fill_(-float(backbone.logit_bias) / float(backbone.logit_scale))
+            head.prior_has_level.fill_(1.0)
+        if bg is not None:
+            head.prior_bg_text.copy_(bg)
+    return head
 
 
 def build_segmenter(model: str = "vlfss-tiny", **kwargs: Any) -> Segmenter:

@@ -1,0 +1,103 @@
+"""Training-free scoring: per-class foreground log-odds from text and prototype similarities on dense features.
+
+Pure functions shared by ``Segmenter`` (training-free mode) and ``SegHead`` (whose learned output is a residual
+over these log-odds). Shapes: ``z`` is D x h x w (one query), text embeddings D, masks at encoder input size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import functional as fn
+
+if TYPE_CHECKING:  # only for annotations: model.py imports this module
+    from .model import ClassSpec, Encoded, TrainingFreeConfig
+
+
+def text_background(z: Tensor, level: float | None, bg_text: Tensor | None, neg_text: Tensor | None) -> Tensor | float:
+    """Background cosine level for text: a fixed level (e.g. SigLIP's -bias/scale), else the max cosine to
+    background prompt embeddings (M x D); raised to the max cosine to negative texts where given. z: 1 x D x h x w."""
+    out: Tensor | float
+    if level is not None:
+        out = level
+    elif bg_text is not None and len(bg_text):
+        out = fn.cosine_map(z, bg_text).max(1).values[0]
+    else:
+        out = 0.0
+    if neg_text is not None and len(neg_text):
+        neg = fn.cosine_map(z, neg_text).max(1).values[0]
+        out = torch.maximum(torch.as_tensor(out, dtype=neg.dtype), neg)
+    return out
+
+
+def support_calibrated_text(s: Tensor, spec: ClassSpec, l2: float) -> Tensor | None:
+    """Text evidence for the query (h x w log-likelihood ratio), calibrated on the class's own supports.
+
+    A 1-D logistic fit of the supports' cell labels on their text cosine gives ``a * cos + b``; minus the
+    supports' prior log-odds, that is what the text adds to the prototype log-odds. Text the encoder does
+    not align with the supports' masks gets ``a`` near 0 and adds nothing, instead of dragging the fused
+    prediction with an uncalibrated threshold. None when the supports lack foreground or background.
+    """
+    text = spec.text.unsqueeze(0)  # type: ignore[union-attr]
+    cos, fgw, bgw = [], [], []
+    for e, m in spec.supports:
+        cos.append(fn.cosine_map(e.z.unsqueeze(0), text)[0, 0])
+        f, b = fn.mask_weights(m.unsqueeze(0), tuple(e.z.shape[-2:]))
+        fgw.append(f[0])
+        bgw.append(b[0])
+    fg_sum = float(sum(f.sum() for f in fgw))
+    bg_sum = float(sum(b.sum() for b in bgw))
+    if fg_sum <= 0 or bg_sum <= 0:
+        return None
+    a, b = fn.fit_logistic_1d(torch.cat([c.flatten() for c in cos]), torch.cat([f.flatten() for f in fgw]),
+                              torch.cat([g.flatten() for g in bgw]), l2=l2)
+    return a * s + (b - math.log(fg_sum / bg_sum))
+
+
+def training_free_logits(z: Tensor, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+                         cfg: TrainingFreeConfig, text_scale: float, text_bg: Tensor | float) -> Tensor:
+    """Per-class foreground log-odds N x h x w for one query's dense embeddings ``z`` (D x h x w).
+
+    Text: ``(cos - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
+    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` with background
+    evidence from every class's support background and the negatives' foreground.
+    """
+    zq = z.unsqueeze(0)  # 1 x D x h x w
+    bg_protos = []
+    for spec in specs:
+        for e, m in spec.supports:
+            bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[1])
+    for e, m in negatives:
+        bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0])
+    bg_map = fn.cosine_map(zq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
+    out = []
+    for spec in specs:
+        terms, weights = [], []
+        evidence = None
+        if spec.text is not None:
+            s = fn.cosine_map(zq, spec.text.unsqueeze(0))[0, 0]
+            if spec.supports and cfg.calibrate_text:
+                evidence = support_calibrated_text(s, spec, cfg.calibration_l2)
+            if evidence is None:
+                terms.append((s - text_bg) * text_scale)
+                weights.append(cfg.text_weight)
+        if spec.supports:
+            if cfg.num_prototypes > 1:
+                feats = torch.stack([e.z for e, _ in spec.supports])
+                masks = torch.stack([m for _, m in spec.supports])
+                fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
+            else:
+                fg = torch.cat([fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0] for e, m in spec.supports])
+            fg_map = fn.cosine_map(zq, fg).max(1).values[0]
+            bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
+            terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
+            weights.append(cfg.proto_weight)
+        total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
+        if evidence is not None:
+            total = total + cfg.text_weight * evidence
+        out.append(total)
+    return torch.stack(out)
