@@ -144,8 +144,10 @@ def test_short_run_lowers_the_loss_on_fixed_base_class_episodes(make_cfg, tiny_b
 @pytest.mark.slow
 @pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="the embedded tiny CLIP weights are not built yet")
 def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
-    """On the real tiny CLIP, 60 steps on fold 0's base classes lift novel-class mIoU in every mode well above
-    the untrained head's (measured 0.0 -> 0.39)."""
+    """On the real tiny CLIP, 200 steps on fold 0's base classes lift novel-class mIoU in every mode above the
+    untrained head's. The untrained head is the training-free model (the head is a zero-initialised residual over
+    its log-odds), so this is learned vs training-free: measured text 0.230 -> 0.292, shots 0.306 -> 0.335,
+    text+shots 0.281 -> 0.341 (20 validation episodes)."""
     from vlfss.backbones import build_backbone
     from vlfss.data.synthetic_store import materialize_synthetic
     from vlfss.model import Segmenter, new_head
@@ -154,7 +156,7 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     materialize_synthetic(tmp_path / "data", "val", 60, 0, "hf", 96, workers=1)
     cfg = load_config(TrainConfig, Path(__file__).parent.parent / "configs" / "synthetic" / "fold0.yaml", [
         f"data.data_root={tmp_path / 'data'}", "data.train_options={n_images: 150}", "data.val_options={n_images: 60}",
-        "steps=60", "lr=0.003", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000",
+        "steps=200", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000",
         f"out_dir={tmp_path / 'run'}", "progress=false", "checkpoint_every=1000"])
     _, _, _, val = _build_data(cfg)
     backbone = build_backbone("vlfss-tiny")
@@ -164,7 +166,7 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     fit(cfg)
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["val"]
     for mode in KINDS:
-        assert trained[mode]["miou"] > untrained[mode]["miou"] + 0.1, (mode, untrained, trained)
+        assert trained[mode]["miou"] > untrained[mode]["miou"] + 0.02, (mode, untrained, trained)
 
 
 def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_backbone, tmp_path):

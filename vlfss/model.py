@@ -163,6 +163,9 @@ class SegHead(nn.Module):
         self.sim_channels = 1 + 3 * (num_taps + 1) + 2  # text, (fg, bg, max-corr) per level, 2 availability flags
         self.decoder = Decoder(cfg.dim, self.sim_channels, tap_dim, num_taps, cfg.hidden)
         self.text_scale = nn.Parameter(torch.tensor(10.0))
+        if cfg.residual_prior:  # zero-initialised last layer: an untrained head predicts the training-free log-odds
+            nn.init.zeros_(self.decoder.head.weight)
+            nn.init.zeros_(self.decoder.head.bias)
 
     def config_dict(self) -> dict:
         return {"tap_dim": self.tap_dim, "num_taps": self.num_taps, "embed_dim": self.embed_dim,
