@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if unknown:
         raise SystemExit(f"unknown class(es) {unknown}; the synthetic classes are {', '.join(names)}")
     rng = np.random.default_rng(args.seed)
-    cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, seed=args.seed)
+    cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, seed=args.seed,
+                           anchor_weight=args.anchor_weight)
     rows = []
     for cname in wanted:
         c = names.index(cname)
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--n-ctx", type=int, default=4)
+    ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
+                    help="pull towards the templates' embedding (0: plain CoOp)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)

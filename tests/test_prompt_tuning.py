@@ -33,11 +33,24 @@ def test_learn_prompt_encodes_each_image_once_and_fits_the_masks(seg, rng):
     pairs = _pairs(rng)
     n0 = seg.image_encodes
     res = learn_prompt(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs],
-                       PromptTuneConfig(steps=40, lr=0.01, n_ctx=2))
+                       PromptTuneConfig(steps=40, lr=0.01, n_ctx=2, anchor_weight=0.0))
     assert seg.image_encodes - n0 == len(pairs)  # the encoder ran once per image; steps ran only the text tower
     assert len(res.losses) == 40 and np.mean(res.losses[-5:]) < np.mean(res.losses[:5]) - 0.05
     assert res.train_iou_tuned > res.train_iou_templates
     assert all(not p.requires_grad for p in seg.backbone.parameters())
+
+
+def test_anchor_keeps_the_prompt_near_the_templates(seg, rng):
+    """The KgCoOp-style term trades fit on a handful of images for staying near what the name already means."""
+    pairs = _pairs(rng)
+    template = seg.text_embeddings(["blob"])[0]
+    cos = {}
+    for w in (0.0, 5.0):
+        res = learn_prompt(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs],
+                           PromptTuneConfig(steps=40, lr=0.01, n_ctx=2, anchor_weight=w))
+        with torch.no_grad():
+            cos[w] = float(torch.nn.functional.cosine_similarity(res.learner()[0], template, dim=0))
+    assert cos[5.0] > cos[0.0] + 0.05, cos
 
 
 def test_prompt_file_round_trip_and_model_check(seg, rng, tmp_path, tiny_clip_name):

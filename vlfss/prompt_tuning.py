@@ -38,6 +38,7 @@ class PromptTuneConfig:
     lr: float = 0.002  # Adam learning rate
     init: str | None = "a photo of a"  # words the context starts from (None: random)
     dice_weight: float = 1.0  # weight of dice next to BCE
+    anchor_weight: float = 1.0  # weight of 1 - cos(learned, hand-written templates' embedding) (KgCoOp-style)
     seed: int = 0  # seeds the random part of the initialisation
 
 
@@ -136,7 +137,10 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
         result.train_iou_templates = _iou(items, template, scale)
     opt = torch.optim.Adam([pl.ctx], lr=cfg.lr)
     for step in range(cfg.steps):
-        loss = prompt_loss(items, pl()[0], scale, cfg.dice_weight)
+        emb = pl()[0]
+        loss = prompt_loss(items, emb, scale, cfg.dice_weight)
+        if cfg.anchor_weight > 0 and template is not None:  # stay near what the class name already means
+            loss = loss + cfg.anchor_weight * (1 - F.cosine_similarity(emb, template.detach(), dim=0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,7 +154,8 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
 
 def save_prompt(res: PromptTuneResult, out: str | Path, segmenter, cfg: PromptTuneConfig, n_images: int) -> Path:
     """Write a learned prompt with how it was trained in its header (atomic)."""
-    extra = {"steps": cfg.steps, "lr": cfg.lr, "images": n_images, "variant": segmenter.variant,
+    extra = {"steps": cfg.steps, "lr": cfg.lr, "anchor_weight": cfg.anchor_weight, "images": n_images,
+             "variant": segmenter.variant,
              "final_loss": res.losses[-1], "train_iou_templates": res.train_iou_templates,
              "train_iou_tuned": res.train_iou_tuned}
     return res.learner.save(out, extra={k: (None if isinstance(v, float) and np.isnan(v) else v)
@@ -187,6 +192,8 @@ def cli_tune_prompts(argv: list[str]) -> int:
     ap.add_argument("--steps", type=int, default=100, help="optimisation steps")
     ap.add_argument("--lr", type=float, default=0.002)
     ap.add_argument("--init", default="a photo of a", help="words the context starts from ('' for random)")
+    ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
+                    help="pull towards the hand-written templates' embedding (0: plain CoOp)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing prompt file")
     args = ap.parse_args(argv)
@@ -203,7 +210,8 @@ def cli_tune_prompts(argv: list[str]) -> int:
         if val is not None:
             overrides.append(f"{key}={val}")
     seg = Segmenter.from_config(load_config(SegmenterConfig, None, overrides))
-    cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, init=args.init or None, seed=args.seed)
+    cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, init=args.init or None, seed=args.seed,
+                           anchor_weight=args.anchor_weight)
     res = learn_prompt(seg, args.class_name, args.images, args.masks, cfg)
     save_prompt(res, out, seg, cfg, len(args.images))
     print(f"learned a {cfg.n_ctx}-vector prompt for {args.class_name!r} on {len(args.images)} image(s) in "
