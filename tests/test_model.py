@@ -217,3 +217,24 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
     save_file(broken, str(tmp_path / "broken.safetensors"), metadata={"vlfss": json.dumps(meta)})
     with pytest.raises(ModelError, match="do not fit"):
         load_head(tmp_path / "broken.safetensors", tiny_backbone)
+
+
+def test_kmeans_background_prototypes_separate_what_one_mean_cannot():
+    """Background of two kinds whose mean points at the object: one mean prototype cannot tell the object from
+    the background; k-means background prototypes can (training_free.num_bg_prototypes)."""
+    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
+    from vlfss.training_free import training_free_logits
+
+    a, b, c = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    kind = torch.zeros(4, 4, dtype=torch.long)
+    kind[1:3, 1:3] = 0  # object in the middle
+    kind[:, :1], kind[:, 3:] = 1, 2  # two background kinds left and right
+    kind[0, 1:3], kind[3, 1:3] = 1, 2
+    z = torch.stack([a, b, c])[kind].permute(2, 0, 1)  # 3 x 4 x 4
+    mask = (kind == 0).to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)  # 16 x 16
+    enc = Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))
+    spec = ClassSpec(name="thing", text=None, supports=[(enc, mask)])
+    for k, separates in ((1, False), (2, True)):
+        logits = training_free_logits(z, [spec], [], TrainingFreeConfig(num_bg_prototypes=k), 1.0, 0.0)[0]
+        fg_min, bg_max = float(logits[kind == 0].min()), float(logits[kind != 0].max())
+        assert (fg_min > 0 > bg_max) == separates, (k, fg_min, bg_max)

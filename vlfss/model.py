@@ -49,6 +49,7 @@ class TrainingFreeConfig:
     background_prompts: list[str] = field(default_factory=lambda: ["background", "a plain background"])
     proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes
     num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground
+    num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
     calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
 

@@ -70,7 +70,11 @@ def training_free_logits(z: Tensor, specs: list[ClassSpec], negatives: list[tupl
     bg_protos = []
     for spec in specs:
         for e, m in spec.supports:
-            bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[1])
+            if cfg.num_bg_prototypes > 1:  # k-means over the support's background cells: a cluttered background
+                inverted = torch.where(m == fn.IGNORE, m, 1 - m)  # is several things, not one mean
+                bg_protos.append(fn.multi_prototypes(e.z.unsqueeze(0), inverted.unsqueeze(0), cfg.num_bg_prototypes))
+            else:
+                bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[1])
     for e, m in negatives:
         bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0])
     bg_map = fn.cosine_map(zq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
