@@ -980,6 +980,9 @@ def _load_fold_heads(segmenter: Any, files: dict[int, Path]) -> dict[int, Any]:
 
     heads = {}
     for fold, path in files.items():
+        if segmenter.head is not None and segmenter.cfg.head_path == str(path):  # built from this file already
+            heads[fold] = segmenter.head
+            continue
         head, variant = load_head(path, segmenter.backbone)
         if segmenter.head is not None and variant != segmenter.head_variant:
             raise ModelError(f"head {path} was trained on dense variant {variant!r}, the other folds' heads on "

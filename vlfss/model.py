@@ -146,7 +146,11 @@ class ClassSpec:
 
 # -------------------------------------------------------------------------------------------- head
 class SegHead(nn.Module):
-    """Learned fusion + decoder: per (query, class) pair, a foreground log-odds map at 4x patch resolution."""
+    """Learned fusion + decoder: per (query, class) pair, a foreground log-odds map at 4x patch resolution.
+
+    With ``cfg.residual_prior`` the decoder's output is added to the training-free log-odds (``prior``) and its
+    last layer starts at zero, so an untrained head is the training-free model and training learns corrections.
+    """
 
     def __init__(self, tap_dim: int, num_taps: int, embed_dim: int, cfg: HeadConfig, prior_bg_prompts: int = 0) -> None:
         super().__init__()
