@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"unknown class(es) {unknown}; the synthetic classes are {', '.join(names)}")
     rng = np.random.default_rng(args.seed)
     cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, seed=args.seed,
-                           anchor_weight=args.anchor_weight)
+                           anchor_weight=args.anchor_weight, residual=not args.no_residual)
     rows = []
     for cname in wanted:
         c = names.index(cname)
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-ctx", type=int, default=4)
     ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
                     help="pull towards the templates' embedding (0: plain CoOp)")
+    ap.add_argument("--no-residual", action="store_true", help="plain CoOp context (no residual over the templates)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         from vlfss.io_utils import atomic_write_text
 
         summary = {"model": args.model, "templates": args.templates or "the model's default", "shots": args.shots,
-                   "steps": args.steps,
-                   "n_ctx": args.n_ctx, "classes": rows,
+                   "steps": args.steps, "residual": not args.no_residual,
+                   "anchor_weight": args.anchor_weight, "n_ctx": args.n_ctx, "classes": rows,
                    "mean_iou_templates": float(np.mean([r["iou_templates"] for r in rows])) if rows else math.nan,
                    "mean_iou_tuned": float(np.mean([r["iou_tuned"] for r in rows])) if rows else math.nan}
         atomic_write_text(args.out, json.dumps(summary, indent=2))

@@ -235,6 +235,30 @@ def test_kmeans_background_prototypes_separate_what_one_mean_cannot():
     enc = Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))
     spec = ClassSpec(name="thing", text=None, supports=[(enc, mask)])
     for k, separates in ((1, False), (2, True)):
-        logits = training_free_logits(z, [spec], [], TrainingFreeConfig(num_bg_prototypes=k), 1.0, 0.0)[0]
+        logits = training_free_logits(enc, [spec], [], TrainingFreeConfig(num_bg_prototypes=k), 1.0, 0.0)[0]
         fg_min, bg_max = float(logits[kind == 0].min()), float(logits[kind != 0].max())
         assert (fg_min > 0 > bg_max) == separates, (k, fg_min, bg_max)
+
+
+def test_prototypes_match_on_the_chosen_encoder_tap():
+    """training_free.proto_features picks the features prototypes match on: where the text-aligned z cannot tell
+    object from background but an encoder tap can, only the tap separates them; a tap the backbone lacks is an
+    error naming the option."""
+    from vlfss.errors import InputError
+    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
+    from vlfss.training_free import check_proto_features, training_free_logits
+
+    obj = torch.zeros(4, 4, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    z = torch.ones(3, 4, 4)  # every cell the same direction: no prototype evidence
+    tap = torch.stack([obj.float(), (~obj).float()])  # 2 x 4 x 4: object and background orthogonal
+    mask = obj.to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    enc = Encoded(taps=[tap], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))
+    spec = ClassSpec(name="thing", text=None, supports=[(enc, mask)])
+    on_z = training_free_logits(enc, [spec], [], TrainingFreeConfig(proto_features="z"), 1.0, 0.0)[0]
+    on_tap = training_free_logits(enc, [spec], [], TrainingFreeConfig(proto_features="tap0"), 1.0, 0.0)[0]
+    assert float(on_z.abs().max()) < 1e-4
+    assert float(on_tap[obj].min()) > 0 > float(on_tap[~obj].max())
+    for bad in ("tap1", "layer2", "tap"):
+        with pytest.raises(InputError, match="proto_features"):
+            check_proto_features(bad, num_taps=1)

@@ -53,6 +53,40 @@ def test_anchor_keeps_the_prompt_near_the_templates(seg, rng):
     assert cos[5.0] > cos[0.0] + 0.05, cos
 
 
+def test_residual_prompt_starts_at_the_templates_and_round_trips(seg, rng, tmp_path):
+    """The default residual prompt is exactly the template ensemble before training (so tuning starts from the
+    templates' accuracy, not from one template's), learns a correction, and its file reproduces it."""
+    pairs = _pairs(rng, 3)
+    template = seg.text_embeddings(["blob"])[0]
+    res0 = learn_prompt(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs], PromptTuneConfig(steps=1, lr=1e-12))
+    with torch.no_grad():
+        assert torch.allclose(res0.learner()[0], template, atol=1e-5)
+    assert res0.train_iou_tuned == pytest.approx(res0.train_iou_templates, abs=1e-6)
+    res = learn_prompt(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs],
+                       PromptTuneConfig(steps=40, lr=0.01, n_ctx=2, anchor_weight=0.0))
+    assert res.train_iou_tuned > res.train_iou_templates
+    path = res.learner.save(tmp_path / "r.safetensors")
+    back = PromptLearner.load(path, seg.backbone)
+    with torch.no_grad():
+        assert torch.allclose(back()[0], res.learner()[0], atol=1e-6)
+        assert not torch.allclose(back()[0], template, atol=1e-3)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    del tensors["anchor"]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(tmp_path / "broken.safetensors"), metadata=meta)
+    with pytest.raises(InputError, match="lacks its anchor"):
+        PromptLearner.load(tmp_path / "broken.safetensors", seg.backbone)
+    plain = learn_prompt(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs],
+                         PromptTuneConfig(steps=1, lr=1e-12, residual=False))
+    with torch.no_grad():
+        assert not torch.allclose(plain.learner()[0], template, atol=1e-3)  # plain CoOp: "a photo of a <name>."
+
+
 def test_prompt_file_round_trip_and_model_check(seg, rng, tmp_path, tiny_clip_name):
     import open_clip
 

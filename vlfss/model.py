@@ -52,6 +52,7 @@ class TrainingFreeConfig:
     num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
     calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
+    proto_features: str = "z"  # features prototypes match on: "z" (text-aligned) or "tap<i>" (encoder layer tap i)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class HeadConfig:
     hidden: int = 64  # decoder channels
     max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
     residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
+    prior_proto_features: str = "z"  # the prior's training_free.proto_features
 
 
 @dataclass
@@ -156,6 +158,7 @@ class SegHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
+        tf.check_proto_features(cfg.prior_proto_features, num_taps)
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
         # else the max cosine to background prompt embeddings).
@@ -181,7 +184,8 @@ class SegHead(nn.Module):
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
-        return tf.training_free_logits(query.z, specs, negatives, TrainingFreeConfig(), float(self.prior_scale),
+        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features)
+        return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
                                        text_bg)
 
     @staticmethod
@@ -306,6 +310,7 @@ class Segmenter(nn.Module):
         default_variant = getattr(backbone, "default_variant", "clearclip" if backbone.has_text else "plain")
         self.variant = self.cfg.variant or default_variant
         self.head_variant = head_variant or self.variant
+        tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -447,7 +452,7 @@ class Segmenter(nn.Module):
         """Per-class foreground log-odds N x h x w from text and prototype similarities on Z."""
         cfg = self.cfg.training_free
         scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
-        return tf.training_free_logits(query.z, specs, negatives, cfg, scale,
+        return tf.training_free_logits(query, specs, negatives, cfg, scale,
                                        self._text_background(query.z.unsqueeze(0), neg_text))
 
     def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
@@ -537,6 +542,7 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
                          "train a head for this backbone or use --mode training-free")
     cfg = dict(meta["head"])
     cfg.setdefault("residual_prior", False)  # heads saved before the residual prior existed predict on their own
+    cfg.setdefault("prior_proto_features", "z")  # ... and before the prior could match prototypes on a tap
     head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
     try:
         missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them

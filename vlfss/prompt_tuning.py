@@ -39,6 +39,7 @@ class PromptTuneConfig:
     init: str | None = "a photo of a"  # words the context starts from (None: random)
     dice_weight: float = 1.0  # weight of dice next to BCE
     anchor_weight: float = 1.0  # weight of 1 - cos(learned, hand-written templates' embedding) (KgCoOp-style)
+    residual: bool = True  # learn a correction to the templates' embedding: start exactly at the templates
     seed: int = 0  # seeds the random part of the initialisation
 
 
@@ -135,6 +136,8 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
     result = PromptTuneResult(pl)
     if template is not None:
         result.train_iou_templates = _iou(items, template, scale)
+        if cfg.residual:
+            pl.set_residual(template)
     opt = torch.optim.Adam([pl.ctx], lr=cfg.lr)
     for step in range(cfg.steps):
         emb = pl()[0]
@@ -155,6 +158,7 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
 def save_prompt(res: PromptTuneResult, out: str | Path, segmenter, cfg: PromptTuneConfig, n_images: int) -> Path:
     """Write a learned prompt with how it was trained in its header (atomic)."""
     extra = {"steps": cfg.steps, "lr": cfg.lr, "anchor_weight": cfg.anchor_weight, "images": n_images,
+             "templates": segmenter.cfg.templates or getattr(segmenter.backbone, "default_templates", "default"),
              "variant": segmenter.variant,
              "final_loss": res.losses[-1], "train_iou_templates": res.train_iou_templates,
              "train_iou_tuned": res.train_iou_tuned}
@@ -194,6 +198,8 @@ def cli_tune_prompts(argv: list[str]) -> int:
     ap.add_argument("--init", default="a photo of a", help="words the context starts from ('' for random)")
     ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
                     help="pull towards the hand-written templates' embedding (0: plain CoOp)")
+    ap.add_argument("--no-residual", action="store_true", help="learn the context from the --init words alone "
+                    "(plain CoOp) instead of a correction that starts at the hand-written templates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing prompt file")
     args = ap.parse_args(argv)
@@ -211,7 +217,7 @@ def cli_tune_prompts(argv: list[str]) -> int:
             overrides.append(f"{key}={val}")
     seg = Segmenter.from_config(load_config(SegmenterConfig, None, overrides))
     cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, init=args.init or None, seed=args.seed,
-                           anchor_weight=args.anchor_weight)
+                           anchor_weight=args.anchor_weight, residual=not args.no_residual)
     res = learn_prompt(seg, args.class_name, args.images, args.masks, cfg)
     save_prompt(res, out, seg, cfg, len(args.images))
     print(f"learned a {cfg.n_ctx}-vector prompt for {args.class_name!r} on {len(args.images)} image(s) in "

@@ -97,6 +97,10 @@ class PromptLearner(nn.Module):
 
     ``per_class=False`` shares one context across classes (unified); ``True`` learns one per class.
     Only ``ctx`` trains; the text encoder stays frozen (its parameters never require grad).
+
+    ``set_residual(anchor)`` makes the output a residual over fixed embeddings (e.g. the hand-written template
+    ensemble): ``normalize(anchor + f(ctx) - f(ctx_0))``, so the prompt starts exactly at the anchor and the
+    context vectors only learn a correction (as TaskRes does in embedding space; here through the text tower).
     """
 
     def __init__(self, backbone, class_names: list[str], n_ctx: int = 4, per_class: bool = False,
@@ -131,29 +135,54 @@ class PromptLearner(nn.Module):
         if per_class:
             ctx = ctx.unsqueeze(0).repeat(len(class_names), 1, 1)
         self.ctx = nn.Parameter(ctx)
+        self.anchor: Tensor | None = None  # N x D, set by set_residual
+        self.base: Tensor | None = None  # N x D: f(ctx) when the residual was set
 
-    def forward(self) -> Tensor:
-        """N x D normalised class embeddings with the current context."""
+    def _raw(self) -> Tensor:
         n = len(self.class_names)
         ctx = self.ctx if self.per_class else self.ctx.unsqueeze(0).expand(n, -1, -1)
         x = torch.cat([self.prefix, ctx.to(self.prefix.dtype), self.suffix], dim=1)
         return F.normalize(self._encode(x, self.ids).float(), dim=-1)
 
+    def forward(self) -> Tensor:
+        """N x D normalised class embeddings with the current context (a residual over the anchor if set)."""
+        e = self._raw()
+        if self.anchor is None:
+            return e
+        return F.normalize(self.anchor.to(e) + e - self.base.to(e), dim=-1)
+
+    def set_residual(self, anchor: Tensor, base: Tensor | None = None) -> None:
+        """Make the output ``normalize(anchor + f(ctx) - base)``; ``base`` defaults to f(current ctx)."""
+        anchor = anchor.detach().float()
+        anchor = anchor.unsqueeze(0) if anchor.ndim == 1 else anchor
+        if base is None:
+            with torch.no_grad():
+                base = self._raw()
+        base = base.detach().float()
+        if anchor.ndim != 2 or anchor.shape != base.shape:
+            raise InputError(f"residual anchor needs shape {tuple(base.shape)} (classes x embedding dim), "
+                             f"got {tuple(anchor.shape)}")
+        self.anchor, self.base = anchor.to(self.ctx.device), base.to(self.ctx.device)
+
     def metadata(self) -> dict:
         return {"format": PROMPT_FILE_FORMAT, "model_id": self.model_id, "class_names": self.class_names,
-                "n_ctx": self.n_ctx, "per_class": self.per_class}
+                "n_ctx": self.n_ctx, "per_class": self.per_class, "residual": self.anchor is not None}
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write the context (safetensors) with JSON metadata in its header; atomic."""
+        """Write the context (and residual anchor) as safetensors with JSON metadata in its header; atomic."""
         path = Path(path)
         meta = {**self.metadata(), **(extra or {})}
-        atomic_save_safetensors({"ctx": self.ctx.detach().float().cpu()}, path, metadata={"vlfss": json.dumps(meta)})
+        tensors = {"ctx": self.ctx.detach().float().cpu()}
+        if self.anchor is not None:
+            tensors |= {"anchor": self.anchor.float().cpu(), "base": self.base.float().cpu()}
+        atomic_save_safetensors(tensors, path, metadata={"vlfss": json.dumps(meta)})
         return path
 
     @classmethod
     def load(cls, path: str | Path, backbone) -> PromptLearner:
         """Load a prompt file for ``backbone``; refuses a file learned on another model."""
-        meta, ctx = read_prompt_file(path)
+        meta, tensors = read_prompt_tensors(path)
+        ctx = tensors["ctx"]
         if meta["model_id"] != backbone.model_id:
             raise InputError(f"prompt file {path} was learned for model {meta['model_id']!r}, not "
                              f"{backbone.model_id!r}; re-run tune-prompts with this model")
@@ -162,11 +191,19 @@ class PromptLearner(nn.Module):
             raise InputError(f"prompt file {path}: context shape {tuple(ctx.shape)} does not match its metadata")
         with torch.no_grad():
             pl.ctx.copy_(ctx)
+        if meta.get("residual"):
+            if "anchor" not in tensors or "base" not in tensors:
+                raise InputError(f"prompt file {path} says it is a residual prompt but lacks its anchor; "
+                                 "re-run tune-prompts")
+            try:
+                pl.set_residual(tensors["anchor"], tensors["base"])
+            except InputError as e:
+                raise InputError(f"prompt file {path}: {e}") from None
         return pl
 
 
-def read_prompt_file(path: str | Path) -> tuple[dict, Tensor]:
-    """(metadata, ctx tensor) of a learned prompt file, with clear errors for anything else."""
+def read_prompt_tensors(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, tensors) of a learned prompt file, with clear errors for anything else."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -175,10 +212,16 @@ def read_prompt_file(path: str | Path) -> tuple[dict, Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("vlfss", "{}"))
-            ctx = f.get_tensor("ctx")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise InputError(f"prompt file {path} is not a vlfss prompt file ({type(e).__name__}); "
                          "create one with `vlfss tune-prompts`") from None
-    if meta.get("format") != PROMPT_FILE_FORMAT:
+    if meta.get("format") != PROMPT_FILE_FORMAT or "ctx" not in tensors:
         raise InputError(f"prompt file {path} has no vlfss metadata; create one with `vlfss tune-prompts`")
-    return meta, ctx
+    return meta, tensors
+
+
+def read_prompt_file(path: str | Path) -> tuple[dict, Tensor]:
+    """(metadata, ctx tensor) of a learned prompt file, with clear errors for anything else."""
+    meta, tensors = read_prompt_tensors(path)
+    return meta, tensors["ctx"]

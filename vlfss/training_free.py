@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import functional as fn
+from .errors import InputError
 
 if TYPE_CHECKING:  # only for annotations: model.py imports this module
     from .model import ClassSpec, Encoded, TrainingFreeConfig
@@ -58,26 +59,44 @@ def support_calibrated_text(s: Tensor, spec: ClassSpec, l2: float) -> Tensor | N
     return a * s + (b - math.log(fg_sum / bg_sum))
 
 
-def training_free_logits(z: Tensor, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
-                         cfg: TrainingFreeConfig, text_scale: float, text_bg: Tensor | float) -> Tensor:
-    """Per-class foreground log-odds N x h x w for one query's dense embeddings ``z`` (D x h x w).
+def check_proto_features(name: str, num_taps: int) -> None:
+    """``training_free.proto_features`` must be ``z`` or ``tap<i>`` with i < the backbone's number of taps."""
+    if name == "z":
+        return
+    if name.startswith("tap") and name[3:].isdigit() and int(name[3:]) < num_taps:
+        return
+    raise InputError(f"training_free.proto_features={name!r}: use 'z' (text-aligned embeddings) or one of "
+                     f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
 
-    Text: ``(cos - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
-    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` with background
-    evidence from every class's support background and the negatives' foreground.
+
+def proto_features(e: Encoded, name: str) -> Tensor:
+    """The dense features prototypes are matched on: ``z`` or tap ``i`` of the encoder (C x h x w)."""
+    return e.z if name == "z" else e.taps[int(name[3:])]
+
+
+def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+                         cfg: TrainingFreeConfig, text_scale: float, text_bg: Tensor | float) -> Tensor:
+    """Per-class foreground log-odds N x h x w for one encoded query.
+
+    Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
+    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` on the features
+    ``cfg.proto_features`` names, with background evidence from every class's support background and the
+    negatives' foreground.
     """
-    zq = z.unsqueeze(0)  # 1 x D x h x w
+    zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
+    fq = proto_features(query, cfg.proto_features).unsqueeze(0)  # 1 x C x h x w: prototype side
     bg_protos = []
     for spec in specs:
         for e, m in spec.supports:
+            f = proto_features(e, cfg.proto_features).unsqueeze(0)
             if cfg.num_bg_prototypes > 1:  # k-means over the support's background cells: a cluttered background
                 inverted = torch.where(m == fn.IGNORE, m, 1 - m)  # is several things, not one mean
-                bg_protos.append(fn.multi_prototypes(e.z.unsqueeze(0), inverted.unsqueeze(0), cfg.num_bg_prototypes))
+                bg_protos.append(fn.multi_prototypes(f, inverted.unsqueeze(0), cfg.num_bg_prototypes))
             else:
-                bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[1])
+                bg_protos.append(fn.prototypes(f, m.unsqueeze(0))[1])
     for e, m in negatives:
-        bg_protos.append(fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0])
-    bg_map = fn.cosine_map(zq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
+        bg_protos.append(fn.prototypes(proto_features(e, cfg.proto_features).unsqueeze(0), m.unsqueeze(0))[0])
+    bg_map = fn.cosine_map(fq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
     out = []
     for spec in specs:
         terms, weights = [], []
@@ -91,12 +110,13 @@ def training_free_logits(z: Tensor, specs: list[ClassSpec], negatives: list[tupl
                 weights.append(cfg.text_weight)
         if spec.supports:
             if cfg.num_prototypes > 1:
-                feats = torch.stack([e.z for e, _ in spec.supports])
+                feats = torch.stack([proto_features(e, cfg.proto_features) for e, _ in spec.supports])
                 masks = torch.stack([m for _, m in spec.supports])
                 fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
             else:
-                fg = torch.cat([fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))[0] for e, m in spec.supports])
-            fg_map = fn.cosine_map(zq, fg).max(1).values[0]
+                fg = torch.cat([fn.prototypes(proto_features(e, cfg.proto_features).unsqueeze(0), m.unsqueeze(0))[0]
+                                for e, m in spec.supports])
+            fg_map = fn.cosine_map(fq, fg).max(1).values[0]
             bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
             terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
             weights.append(cfg.proto_weight)
