@@ -197,6 +197,27 @@ def test_head_output_is_a_residual_over_the_training_free_log_odds(tiny_backbone
     assert torch.allclose(out, expected[0], atol=1e-5)
 
 
+def test_head_prior_matches_prototypes_on_the_features_it_was_built_for(tiny_backbone, rng, tmp_path):
+    """A head built for tap prototypes has the training-free model with those prototypes as its prior, and its
+    file keeps that choice (whatever the segmenter's own training-free setting is later)."""
+    from vlfss.model import HeadConfig, TrainingFreeConfig
+
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone, HeadConfig(prior_proto_features="tap0"))
+    tfc = TrainingFreeConfig(proto_features="tap0")
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned", training_free=tfc), head)
+    q, _ = blob_scene(rng, 64, 64)
+    s, sm = blob_scene(rng, 64, 64)
+    specs = seg.build_specs([None], [[(s, sm)]], seg.head_variant)
+    (query,) = seg.encode([q], seg.head_variant)
+    assert torch.allclose(head.prior(query, specs, []), seg.training_free_logits(query, specs, []), atol=1e-5)
+    on_z = Segmenter(tiny_backbone, SegmenterConfig(mode="training-free")).training_free_logits(query, specs, [])
+    assert not torch.allclose(head.prior(query, specs, []), on_z, atol=1e-3)
+    loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
+    assert loaded.cfg.prior_proto_features == "tap0"
+    assert new_head(tiny_backbone).cfg.prior_proto_features == "z"  # None resolves to the model's default
+
+
 def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tmp_path):
     import json
 
@@ -206,11 +227,11 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
     head = new_head(tiny_backbone)
     path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
     meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
-    del meta["head"]["residual_prior"]
+    del meta["head"]["residual_prior"], meta["head"]["prior_proto_features"]
     old = {k: v for k, v in state.items() if not k.startswith("prior_")}
     save_file(old, str(tmp_path / "old.safetensors"), metadata={"vlfss": json.dumps(meta)})
     loaded, _ = load_head(tmp_path / "old.safetensors", tiny_backbone)
-    assert not loaded.cfg.residual_prior
+    assert not loaded.cfg.residual_prior and loaded.cfg.prior_proto_features == "z"
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.items())
     broken = dict(old)
     broken.pop("text_scale")
@@ -262,3 +283,20 @@ def test_prototypes_match_on_the_chosen_encoder_tap():
     for bad in ("tap1", "layer2", "tap"):
         with pytest.raises(InputError, match="proto_features"):
             check_proto_features(bad, num_taps=1)
+
+
+def test_proto_features_default_comes_from_the_model_and_bad_values_name_the_key(tiny_backbone):
+    """None resolves to the backbone's default (z unless the model says otherwise) in a copy of the config;
+    the embedded tiny CLIP matches prototypes on its second block; a tap the model lacks is refused up front."""
+    from vlfss.backbones import build_backbone
+    from vlfss.errors import InputError
+    from vlfss.model import Segmenter, SegmenterConfig, TrainingFreeConfig
+
+    cfg = SegmenterConfig()
+    assert Segmenter(tiny_backbone, cfg).cfg.training_free.proto_features == "z"
+    assert cfg.training_free.proto_features is None  # the caller's config is not mutated
+    tiny = build_backbone("vlfss-tiny")
+    assert tiny.taps[0] == 1 and Segmenter(tiny, SegmenterConfig()).cfg.training_free.proto_features == "tap0"
+    bad = SegmenterConfig(training_free=TrainingFreeConfig(proto_features=f"tap{len(tiny_backbone.taps)}"))
+    with pytest.raises(InputError, match="training_free.proto_features"):
+        Segmenter(tiny_backbone, bad)

@@ -8,6 +8,7 @@ per image content, and masks come back at each image's original size.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -52,7 +53,8 @@ class TrainingFreeConfig:
     num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
     calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
-    proto_features: str = "z"  # features prototypes match on: "z" (text-aligned) or "tap<i>" (encoder layer tap i)
+    proto_features: str | None = None  # what prototypes match on: "z" (text-aligned), "tap<i>" (encoder tap i);
+    # None: the model's default (mid-level taps generalise to novel classes better, as in PFENet/HSNet)
 
 
 @dataclass
@@ -65,7 +67,7 @@ class HeadConfig:
     hidden: int = 64  # decoder channels
     max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
     residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
-    prior_proto_features: str = "z"  # the prior's training_free.proto_features
+    prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
 
 
 @dataclass
@@ -158,7 +160,7 @@ class SegHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
-        tf.check_proto_features(cfg.prior_proto_features, num_taps)
+        tf.check_proto_features(cfg.prior_proto_features or "z", num_taps)
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
         # else the max cosine to background prompt embeddings).
@@ -184,7 +186,7 @@ class SegHead(nn.Module):
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
-        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features)
+        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z")
         return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
                                        text_bg)
 
@@ -310,6 +312,10 @@ class Segmenter(nn.Module):
         default_variant = getattr(backbone, "default_variant", "clearclip" if backbone.has_text else "plain")
         self.variant = self.cfg.variant or default_variant
         self.head_variant = head_variant or self.variant
+        if self.cfg.training_free.proto_features is None:  # resolve the model's default once, visibly in cfg
+            tfc = dataclasses.replace(self.cfg.training_free,
+                                      proto_features=getattr(backbone, "default_proto_features", "z"))
+            self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
@@ -562,7 +568,10 @@ def new_head(backbone: FrozenBackbone, cfg: HeadConfig | None = None) -> SegHead
     if backbone.has_text and backbone.logit_bias is None:  # background level from prompts, as training-free does
         templates = load_templates(getattr(backbone, "default_templates", "default"))
         bg = ensemble_text_embeddings(backbone, TrainingFreeConfig().background_prompts, templates)
-    head = SegHead(width, len(backbone.taps), backbone.embed_dim, cfg or HeadConfig(), 0 if bg is None else len(bg))
+    cfg = cfg or HeadConfig()
+    if cfg.prior_proto_features is None:  # the file records the concrete choice
+        cfg = dataclasses.replace(cfg, prior_proto_features=getattr(backbone, "default_proto_features", "z"))
+    head = SegHead(width, len(backbone.taps), backbone.embed_dim, cfg, 0 if bg is None else len(bg))
     with torch.no_grad():
         head.prior_scale.fill_(float(backbone.logit_scale))
         if backbone.logit_bias is not None:

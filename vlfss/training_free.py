@@ -69,9 +69,9 @@ def check_proto_features(name: str, num_taps: int) -> None:
                      f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
 
 
-def proto_features(e: Encoded, name: str) -> Tensor:
-    """The dense features prototypes are matched on: ``z`` or tap ``i`` of the encoder (C x h x w)."""
-    return e.z if name == "z" else e.taps[int(name[3:])]
+def proto_features(e: Encoded, name: str | None) -> Tensor:
+    """The dense features prototypes are matched on: ``z`` (also for None) or tap ``i`` of the encoder (C x h x w)."""
+    return e.z if name in (None, "z") else e.taps[int(name[3:])]
 
 
 def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
