@@ -9,14 +9,19 @@ from pathlib import Path
 import torch
 
 
+def _ordinary_permissions(path: str | Path) -> None:
+    """rw for everyone the umask allows, as open() would give (mkstemp's files are owner-only)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _tmp_for(path: Path) -> Path:
-    """An empty temporary file beside ``path`` with ordinary permissions (mkstemp's are owner-only)."""
+    """An empty temporary file beside ``path`` with ordinary permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    _ordinary_permissions(tmp)
     return Path(tmp)
 
 
@@ -47,6 +52,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
     tmp = _tmp_for(path)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _ordinary_permissions(tmp)  # safetensors re-creates the file owner-only
         os.replace(tmp, path)
     finally:
         if tmp.exists():
