@@ -254,6 +254,44 @@ def test_fomaml_fit_trains_head_and_prompt_only_when_asked(make_cfg, tmp_path, t
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+def test_keep_best_exports_the_best_validated_head_and_survives_resume(make_cfg, tmp_path):
+    """keep_best: the output is the head of the validation with the best mean mIoU (not the last), written to
+    best.safetensors as it goes, and a resumed run still knows it."""
+    cfg = make_cfg("steps=6", "epoch_steps=2", "val.episodes=4", "lr=0.05", "keep_best=true", "log_every=1",
+                   out=tmp_path / "best")
+    path = fit(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "best" / "log.jsonl").read_text().splitlines()]
+    vals = {x["step"]: float(np.mean([v["miou"] for v in x["val"].values()])) for x in lines if "val" in x}
+    assert sorted(vals) == [2, 4, 6]
+    best_step = max(vals, key=lambda k: (vals[k], -k))  # the first of equal scores is kept
+    summary = json.loads((tmp_path / "best" / "summary.json").read_text())
+    assert summary["best_step"] == best_step
+    assert np.mean([v["miou"] for v in summary["val"].values()]) == pytest.approx(vals[best_step])
+    assert "last_val" in summary
+    best = _weights(tmp_path / "best" / "best.safetensors")
+    head = _weights(path)
+    assert all(torch.equal(head[k], best["head." + k]) for k in head)
+    if best_step != 6:  # the exported head is not the last one
+        last = _weights(tmp_path / "best" / "ckpt-00000006.safetensors")
+        assert any(not torch.equal(head[k], last["head." + k]) for k in head)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise Killed
+
+    cfg2 = make_cfg("steps=6", "epoch_steps=2", "val.episodes=4", "lr=0.05", "keep_best=true", "checkpoint_every=4",
+                    out=tmp_path / "killed")
+    with pytest.raises(Killed):
+        fit(cfg2, on_step=kill_at_5)
+    resumed = fit(cfg2, resume=True)
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["best_step"] == best_step
+    again = _weights(resumed)
+    assert all(torch.allclose(head[k], again[k], atol=1e-6) for k in head)
+
+
 def test_kill_and_resume_reaches_the_same_weights(make_cfg, tmp_path):
     full = fit(make_cfg("steps=6", "augment.views=1", out=tmp_path / "full"))
 

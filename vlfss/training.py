@@ -139,6 +139,7 @@ class TrainConfig:
     prompt_lr: float = 0.002  # its learning rate
     steps: int = 1000  # optimiser steps
     epoch_steps: int = 250  # steps between validations
+    keep_best: bool = False  # the final head is the one with the best mean validation mIoU, not the last one
     batch_episodes: int = 4  # episodes per step over all processes (divisible by the world size)
     lr: float = 0.001  # peak AdamW learning rate of the head
     weight_decay: float = 0.0001
@@ -533,6 +534,7 @@ def _clear_checkpoints(out: Path) -> None:
     from .checkpoint import POINTER
 
     (out / POINTER).unlink(missing_ok=True)
+    (out / "best.safetensors").unlink(missing_ok=True)
     for p in list(out.glob("ckpt-*.safetensors")) + list(out.glob("ckpt-*.state.pt")):
         p.unlink(missing_ok=True)
 
@@ -710,6 +712,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step",
                    disable=not (cfg.progress and dctx.is_main))
         train_encodes, recent, history, last_val = 0, [], [], None
+        best = _load_best(out, run, dctx) if cfg.keep_best and start > 0 else None
         t0 = time.time()
         try:
             for step in bar:
@@ -724,20 +727,28 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                     logger.write({"step": done, "loss": round(sum(recent) / len(recent), 5),
                                   "lr": run.opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t0, 1)})
                     recent = []
-                if dctx.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                    ck.save_checkpoint(out, done, dict(run.module.state_dict()), meta,
-                                       {"optimizer": run.opt.state_dict(), **ck.rng_state()}, cfg.keep_checkpoints)
                 if run.val is not None and (done % cfg.epoch_steps == 0 or done == cfg.steps):
                     last_val = validate(run.seg, run.val, None, val_modes, run.module.head, run.module.prompt,
                                         dctx, run.variant)
                     logger.write({"step": done, "val": last_val})
                     log.info("step %d validation (novel classes): %s", done, _fmt_val(last_val))
+                    if cfg.keep_best:  # every rank sees the same (all-reduced) scores and keeps the same copy
+                        best = _update_best(best, run, out, done, last_val, dctx.is_main)
+                if dctx.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                    ck.save_checkpoint(out, done, dict(run.module.state_dict()), meta,
+                                       {"optimizer": run.opt.state_dict(), **ck.rng_state()}, cfg.keep_checkpoints)
                 if on_step is not None:
                     on_step(done, loss_mean)
         finally:
             bar.close()
             logger.close()
         run.module.eval()
+        best_info: dict[str, Any] = {}
+        if best is not None:  # the best validated weights become the output
+            run.module.load_state_dict(best.state, strict=True)
+            best_info = {"best_step": best.step, "last_val": last_val}
+            last_val = best.val
+            log.info("keeping the step-%d head (best mean validation mIoU %.1f)", best.step, 100 * best.score)
         diff = replicas_max_difference([p.detach() for p in run.params], dctx)
         if diff > 0:
             log.warning("replicas differ by up to %.3g after training", diff)
@@ -745,10 +756,52 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                    "first_loss": history[0] if history else None,
                    "last_loss": float(np.mean(history[-max(1, cfg.log_every):])) if history else None,
                    "precomputed_images": precomputed, "train_loop_image_encodes": train_encodes,
-                   "replica_max_difference": diff, "val": last_val, "loop_wall_s": round(time.time() - t0, 1)}
+                   "replica_max_difference": diff, "val": last_val, **best_info,
+                   "loop_wall_s": round(time.time() - t0, 1)}
         return _write_outputs(run, cfg, dctx, summary)
     finally:
         cleanup(dctx)
+
+
+@dataclass
+class _Best:
+    """The best validated weights so far (every rank holds the same copy)."""
+
+    score: float  # mean validation mIoU over the validated inputs
+    step: int
+    val: dict[str, dict[str, float]]
+    state: dict[str, Tensor]
+
+
+def _update_best(best: _Best | None, run: _Run, out: Path, step: int, val: dict[str, dict[str, float]],
+                 write: bool) -> _Best | None:
+    """Keep a copy of the weights when ``val`` beats the best so far; the main rank also writes best.safetensors
+    (atomically) so that a resumed run knows the best it has to beat."""
+    from .io_utils import atomic_save_safetensors
+
+    score = float(np.mean([v["miou"] for v in val.values()])) if val else float("nan")
+    if not np.isfinite(score) or (best is not None and score <= best.score):
+        return best
+    state = {k: v.detach().clone() for k, v in run.module.state_dict().items()}
+    if write:
+        atomic_save_safetensors({k: v.cpu() for k, v in state.items()}, out / "best.safetensors",
+                                metadata={"vlfss": json.dumps({"step": step, "score": score, "val": val})})
+    return _Best(score, step, val, state)
+
+
+def _load_best(out: Path, run: _Run, dctx) -> _Best | None:
+    """The best weights a resumed run had kept (None if it had validated nothing yet)."""
+    from safetensors import safe_open
+
+    path = out / "best.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("vlfss", "{}"))
+        state = {k: f.get_tensor(k).to(dctx.device) for k in f.keys()}
+    if set(state) != set(run.module.state_dict()):
+        raise InputError(f"{path} does not hold this run's weights; delete it or pass --overwrite")
+    return _Best(float(meta["score"]), int(meta["step"]), meta["val"], state)
 
 
 def _fmt_val(val: dict[str, dict[str, float]]) -> str:
