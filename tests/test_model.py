@@ -300,3 +300,27 @@ def test_proto_features_default_comes_from_the_model_and_bad_values_name_the_key
     bad = SegmenterConfig(training_free=TrainingFreeConfig(proto_features=f"tap{len(tiny_backbone.taps)}"))
     with pytest.raises(InputError, match="training_free.proto_features"):
         Segmenter(tiny_backbone, bad)
+
+
+def test_shots_average_into_one_class_prototype_unless_max_is_asked():
+    """shot_pooling="mean" matches the mean of the shots' foreground prototypes (PANet); "max" the best shot."""
+    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
+    from vlfss.training_free import training_free_logits
+
+    a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    bg = torch.tensor([0.0, 0.0, 1.0])
+    obj = torch.zeros(4, 4, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    mask = obj.to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+
+    def enc(v: torch.Tensor) -> Encoded:
+        z = torch.where(obj, v[:, None, None], bg[:, None, None])
+        return Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))
+
+    spec = ClassSpec(name="thing", text=None, supports=[(enc(a), mask), (enc(b), mask)])
+    query = enc(a)
+    mean = training_free_logits(query, [spec], [], TrainingFreeConfig(shot_pooling="mean"), 1.0, 0.0)[0]
+    best = training_free_logits(query, [spec], [], TrainingFreeConfig(shot_pooling="max"), 1.0, 0.0)[0]
+    t = TrainingFreeConfig().proto_temperature
+    assert float(best[obj].mean()) == pytest.approx(1.0 / t, rel=1e-4)  # cos 1 to shot a, 0 to the background
+    assert float(mean[obj].mean()) == pytest.approx(2 ** -0.5 / t, rel=1e-4)  # cos to (a + b) / 2

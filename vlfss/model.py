@@ -53,6 +53,7 @@ class TrainingFreeConfig:
     num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
     calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
+    shot_pooling: Literal["mean", "max"] = "mean"  # K shots' foreground prototypes: their mean, or the best match
     proto_features: str | None = None  # what prototypes match on: "z" (text-aligned), "tap<i>" (encoder tap i);
     # None: the model's default (mid-level taps generalise to novel classes better, as in PFENet/HSNet)
 
@@ -68,6 +69,7 @@ class HeadConfig:
     max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
     residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
     prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
+    prior_shot_pooling: Literal["mean", "max"] = "mean"  # the prior's training_free.shot_pooling
 
 
 @dataclass
@@ -186,7 +188,8 @@ class SegHead(nn.Module):
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
-        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z")
+        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z",
+                                 shot_pooling=self.cfg.prior_shot_pooling)
         return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
                                        text_bg)
 
@@ -317,6 +320,8 @@ class Segmenter(nn.Module):
                                       proto_features=getattr(backbone, "default_proto_features", "z"))
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
+        if self.cfg.training_free.shot_pooling not in ("mean", "max"):
+            raise InputError(f"training_free.shot_pooling={self.cfg.training_free.shot_pooling!r}: use 'mean' or 'max'")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -549,6 +554,7 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
     cfg = dict(meta["head"])
     cfg.setdefault("residual_prior", False)  # heads saved before the residual prior existed predict on their own
     cfg.setdefault("prior_proto_features", "z")  # ... and before the prior could match prototypes on a tap
+    cfg.setdefault("prior_shot_pooling", "max")  # ... or average the shots' prototypes
     head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
     try:
         missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them

@@ -81,7 +81,9 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
     Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
     ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` on the features
     ``cfg.proto_features`` names, with background evidence from every class's support background and the
-    negatives' foreground.
+    negatives' foreground. The shots' foreground prototypes are averaged (``cfg.shot_pooling="mean"``) or each
+    query cell takes its best-matching shot (``"max"``); background keeps every support's own prototype (max),
+    since backgrounds differ from image to image.
     """
     zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
     fq = proto_features(query, cfg.proto_features).unsqueeze(0)  # 1 x C x h x w: prototype side
@@ -116,6 +118,8 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
             else:
                 fg = torch.cat([fn.prototypes(proto_features(e, cfg.proto_features).unsqueeze(0), m.unsqueeze(0))[0]
                                 for e, m in spec.supports])
+                if cfg.shot_pooling == "mean":  # one class prototype: the mean of the shots' (PANet)
+                    fg = fg.mean(0, keepdim=True)
             fg_map = fn.cosine_map(fq, fg).max(1).values[0]
             bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
             terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
