@@ -262,7 +262,7 @@ def test_keep_best_exports_the_best_validated_head_and_survives_resume(make_cfg,
     path = fit(cfg)
     lines = [json.loads(x) for x in (tmp_path / "best" / "log.jsonl").read_text().splitlines()]
     vals = {x["step"]: float(np.mean([v["miou"] for v in x["val"].values()])) for x in lines if "val" in x}
-    assert sorted(vals) == [2, 4, 6]
+    assert sorted(vals) == [0, 2, 4, 6]  # step 0: the untrained head is a candidate
     best_step = max(vals, key=lambda k: (vals[k], -k))  # the first of equal scores is kept
     summary = json.loads((tmp_path / "best" / "summary.json").read_text())
     assert summary["best_step"] == best_step

@@ -713,6 +713,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                    disable=not (cfg.progress and dctx.is_main))
         train_encodes, recent, history, last_val = 0, [], [], None
         best = _load_best(out, run, dctx) if cfg.keep_best and start > 0 else None
+        if cfg.keep_best and run.val is not None and start == 0:  # the untrained head is a candidate too: with
+            last_val = validate(run.seg, run.val, None, val_modes, run.module.head, run.module.prompt,  # the
+                                dctx, run.variant)  # residual prior it is the training-free model itself
+            logger.write({"step": 0, "val": last_val})
+            best = _update_best(best, run, out, 0, last_val, dctx.is_main)
         t0 = time.time()
         try:
             for step in bar:
