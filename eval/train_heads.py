@@ -42,7 +42,7 @@ def train_one(target: str, args: argparse.Namespace) -> dict:
     t0 = time.time()
     fit(cfg, resume=args.resume, overwrite=not args.resume)
     summary = json.loads((Path(cfg.out_dir) / "summary.json").read_text())
-    return {"head": name, "export": str(export), "wall_s": round(time.time() - t0, 1), **summary}
+    return {**summary, "head": name, "export": str(export), "wall_s": round(time.time() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides for every head")
     args = ap.parse_args(argv)
     rows = [train_one(t, args) for t in args.only]
-    print(f"{'head':6s} {'steps':>6s} {'loss':>15s} {'val text':>9s} {'val shots':>9s} {'val both':>9s} {'min':>5s}")
+    print(f"{'head':6s} {'steps':>6s} {'kept':>5s} {'loss':>15s} {'val text':>9s} {'val shots':>9s} {'val both':>9s} "
+          f"{'min':>5s}")
     for r in rows:
         val = r.get("val") or {}
         cells = [f"{100 * val[m]['miou']:9.1f}" if m in val else f"{'-':>9s}" for m in ("text", "shots", "text+shots")]
         loss = f"{r['first_loss']:.3f}->{r['last_loss']:.3f}" if r.get("first_loss") is not None else "-"
-        print(f"{r['head']:6s} {r['steps']:6d} {loss:>15s} {' '.join(cells)} {r['wall_s'] / 60:5.1f}  -> {r['export']}")
+        kept = str(r.get("best_step", r["steps"]))  # keep_best: the step whose head was exported
+        print(f"{r['head']:6s} {r['steps']:6d} {kept:>5s} {loss:>15s} {' '.join(cells)} {r['wall_s'] / 60:5.1f}  -> {r['export']}")
     return 0
 
 

@@ -156,7 +156,8 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     materialize_synthetic(tmp_path / "data", "val", 60, 0, "hf", 96, workers=1)
     cfg = load_config(TrainConfig, Path(__file__).parent.parent / "configs" / "synthetic" / "fold0.yaml", [
         f"data.data_root={tmp_path / 'data'}", "data.train_options={n_images: 150}", "data.val_options={n_images: 60}",
-        "steps=200", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000",
+        "steps=200", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000", "lr=0.001",
+        "keep_best=false",  # the last head, not the best of (untrained, trained): otherwise it could not fail
         f"out_dir={tmp_path / 'run'}", "progress=false", "checkpoint_every=1000"])
     _, _, _, val = _build_data(cfg)
     backbone = build_backbone("vlfss-tiny")

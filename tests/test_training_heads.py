@@ -40,4 +40,5 @@ def test_train_heads_script_on_the_test_model(tiny_clip_name, tiny_clip_weights,
     meta_all, _ = read_head_file(demo)
     assert meta_all["train_classes"] == list(range(20))
     out = capsys.readouterr().out
-    assert "fold1" in out and "all" in out
+    rows = [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+    assert rows == ["fold1", "all"], out  # one row per head, named by the head
