@@ -324,3 +324,13 @@ def test_shots_average_into_one_class_prototype_unless_max_is_asked():
     t = TrainingFreeConfig().proto_temperature
     assert float(best[obj].mean()) == pytest.approx(1.0 / t, rel=1e-4)  # cos 1 to shot a, 0 to the background
     assert float(mean[obj].mean()) == pytest.approx(2 ** -0.5 / t, rel=1e-4)  # cos to (a + b) / 2
+
+
+def test_bad_shot_pooling_names_the_key(tiny_backbone):
+    from vlfss.errors import InputError
+    from vlfss.model import HeadConfig, TrainingFreeConfig
+
+    with pytest.raises(InputError, match="training_free.shot_pooling"):
+        Segmenter(tiny_backbone, SegmenterConfig(training_free=TrainingFreeConfig(shot_pooling="median")))
+    with pytest.raises(InputError, match="head.prior_shot_pooling"):
+        new_head(tiny_backbone, HeadConfig(prior_shot_pooling="median"))

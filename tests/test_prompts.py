@@ -81,3 +81,24 @@ def test_long_prompt_warns_and_truncates(tiny_backbone):
         e = tiny_backbone.encode_text([long])
     assert any("truncated" in str(x.message) for x in w)
     assert e.shape == (1, tiny_backbone.embed_dim)
+
+
+def test_learned_prompt_runs_the_text_tower_once_per_context_state(tiny_backbone, rng):
+    """Segmenting many images with a learned prompt encodes it once; an optimiser step on ctx re-encodes."""
+    from tests.conftest import blob_scene
+    from vlfss.model import Segmenter, SegmenterConfig
+
+    pl = PromptLearner(tiny_backbone, ["blob"], n_ctx=2)
+    calls = []
+    encode = pl._encode
+    pl._encode = lambda x, ids: calls.append(1) or encode(x, ids)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="training-free"))
+    seg.prompt_learners["blob"] = pl
+    for _ in range(3):
+        seg.segment(blob_scene(rng, 40, 40)[0], texts=["blob"])
+    assert len(calls) == 1
+    first = pl.embeddings().clone()
+    opt = torch.optim.SGD([pl.ctx], lr=1.0)
+    pl().sum().backward()
+    opt.step()
+    assert not torch.allclose(pl.embeddings(), first) and len(calls) == 3  # the step's forward + one re-encode

@@ -163,6 +163,7 @@ class SegHead(nn.Module):
         self.cfg = cfg
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
         tf.check_proto_features(cfg.prior_proto_features or "z", num_taps)
+        tf.check_shot_pooling(cfg.prior_shot_pooling, "head.prior_shot_pooling")
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
         # else the max cosine to background prompt embeddings).
@@ -184,7 +185,8 @@ class SegHead(nn.Module):
                 "head": asdict(self.cfg), "prior_bg_prompts": int(self.prior_bg_text.shape[0])}
 
     def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> Tensor:
-        """The training-free log-odds N x h x w (default TrainingFreeConfig) that the decoder's output corrects."""
+        """The training-free log-odds N x h x w that the decoder's output corrects (default TrainingFreeConfig but
+        for the prototype features and shot pooling the head was trained with, recorded in its config)."""
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
@@ -320,8 +322,7 @@ class Segmenter(nn.Module):
                                       proto_features=getattr(backbone, "default_proto_features", "z"))
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
-        if self.cfg.training_free.shot_pooling not in ("mean", "max"):
-            raise InputError(f"training_free.shot_pooling={self.cfg.training_free.shot_pooling!r}: use 'mean' or 'max'")
+        tf.check_shot_pooling(self.cfg.training_free.shot_pooling, "training_free.shot_pooling")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -414,8 +415,7 @@ class Segmenter(nn.Module):
         for name in names:
             if name in self.prompt_learners:
                 pl = self.prompt_learners[name]
-                with torch.no_grad():
-                    rows.append(pl()[pl.class_names.index(name)])
+                rows.append(pl.embeddings()[pl.class_names.index(name)])
             else:
                 rows.append(ensemble_text_embeddings(self.backbone, [name], self.templates)[0])
         return torch.stack(rows)
@@ -460,7 +460,7 @@ class Segmenter(nn.Module):
     # ---------------------------------------------------------------------------------- scoring
     def training_free_logits(self, query: Encoded, specs: list[ClassSpec],
                              negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None) -> Tensor:
-        """Per-class foreground log-odds N x h x w from text and prototype similarities on Z."""
+        """Per-class foreground log-odds N x h x w: text on Z, prototypes on ``training_free.proto_features``."""
         cfg = self.cfg.training_free
         scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
         return tf.training_free_logits(query, specs, negatives, cfg, scale,

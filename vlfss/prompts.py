@@ -137,6 +137,7 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx)
         self.anchor: Tensor | None = None  # N x D, set by set_residual
         self.base: Tensor | None = None  # N x D: f(ctx) when the residual was set
+        self._frozen: tuple[tuple, Tensor] | None = None  # (ctx version, anchor) -> embeddings, for use()
 
     def _raw(self) -> Tensor:
         n = len(self.class_names)
@@ -150,6 +151,15 @@ class PromptLearner(nn.Module):
         if self.anchor is None:
             return e
         return F.normalize(self.anchor.to(e) + e - self.base.to(e), dim=-1)
+
+    @torch.no_grad()
+    def embeddings(self) -> Tensor:
+        """``forward()`` without gradients, computed once per context state: segmenting many images with a
+        prompt file runs the text tower once, and an optimiser step (which bumps ``ctx``'s version) invalidates it."""
+        key = (self.ctx._version, id(self.anchor))
+        if self._frozen is None or self._frozen[0] != key:
+            self._frozen = (key, self.forward().detach())
+        return self._frozen[1]
 
     def set_residual(self, anchor: Tensor, base: Tensor | None = None) -> None:
         """Make the output ``normalize(anchor + f(ctx) - base)``; ``base`` defaults to f(current ctx)."""

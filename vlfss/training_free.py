@@ -69,6 +69,12 @@ def check_proto_features(name: str, num_taps: int) -> None:
                      f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
 
 
+def check_shot_pooling(value: str, key: str) -> None:
+    """Shot pooling is ``mean`` or ``max``; anything else is an error naming the config key."""
+    if value not in ("mean", "max"):
+        raise InputError(f"{key}={value!r}: use 'mean' (one class prototype) or 'max' (best-matching shot)")
+
+
 def proto_features(e: Encoded, name: str | None) -> Tensor:
     """The dense features prototypes are matched on: ``z`` (also for None) or tap ``i`` of the encoder (C x h x w)."""
     return e.z if name in (None, "z") else e.taps[int(name[3:])]
