@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{100 * val[m]['miou']:9.1f}" if m in val else f"{'-':>9s}" for m in ("text", "shots", "text+shots")]
         loss = f"{r['first_loss']:.3f}->{r['last_loss']:.3f}" if r.get("first_loss") is not None else "-"
         kept = str(r.get("best_step", r["steps"]))  # keep_best: the step whose head was exported
-        print(f"{r['head']:6s} {r['steps']:6d} {kept:>5s} {loss:>15s} {' '.join(cells)} {r['wall_s'] / 60:5.1f}  -> {r['export']}")
+        print(f"{r['head']:6s} {r['steps']:6d} {kept:>5s} {loss:>15s} {' '.join(cells)} "
+              f"{r['wall_s'] / 60:5.1f}  -> {r['export']}")
     return 0
 
 

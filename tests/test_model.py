@@ -227,11 +227,12 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
     head = new_head(tiny_backbone)
     path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
     meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
-    del meta["head"]["residual_prior"], meta["head"]["prior_proto_features"]
+    del meta["head"]["residual_prior"], meta["head"]["prior_proto_features"], meta["head"]["prior_cell_norm"]
     old = {k: v for k, v in state.items() if not k.startswith("prior_")}
     save_file(old, str(tmp_path / "old.safetensors"), metadata={"vlfss": json.dumps(meta)})
     loaded, _ = load_head(tmp_path / "old.safetensors", tiny_backbone)
     assert not loaded.cfg.residual_prior and loaded.cfg.prior_proto_features == "z"
+    assert not loaded.cfg.prior_cell_norm  # its prior averaged raw cells, as it was trained with
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.items())
     broken = dict(old)
     broken.pop("text_scale")
@@ -324,6 +325,29 @@ def test_shots_average_into_one_class_prototype_unless_max_is_asked():
     t = TrainingFreeConfig().proto_temperature
     assert float(best[obj].mean()) == pytest.approx(1.0 / t, rel=1e-4)  # cos 1 to shot a, 0 to the background
     assert float(mean[obj].mean()) == pytest.approx(2 ** -0.5 / t, rel=1e-4)  # cos to (a + b) / 2
+
+
+def test_cell_norm_lets_every_foreground_cell_vote_equally():
+    """With training_free.cell_norm a prototype is the mean of unit cells: one high-norm cell does not pull it
+    away from the three cells that look like the query's object; without it, the norm decides."""
+    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
+    from vlfss.training_free import training_free_logits
+
+    a, b, c = torch.eye(3)
+    obj = torch.zeros(4, 4, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    z = torch.where(obj, b[:, None, None], c[:, None, None]).clone()
+    z[:, 1, 1] = 10 * a  # one loud foreground cell of another look
+    mask = obj.to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    spec = ClassSpec(name="thing", text=None, supports=[(Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16),
+                                                                 size=(16, 16)), mask)])
+    qz = torch.where(obj, b[:, None, None], c[:, None, None])
+    query = Encoded(taps=[], z=qz, rgb=torch.zeros(3, 16, 16), size=(16, 16))
+    t = TrainingFreeConfig().proto_temperature
+    normed = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=True), 1.0, 0.0)[0]
+    raw = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=False), 1.0, 0.0)[0]
+    assert float(normed[obj].mean()) == pytest.approx(3 / 10 ** 0.5 / t, rel=1e-4)  # cos(b, (a + 3b) / 4)
+    assert float(raw[obj].mean()) == pytest.approx(3 / 109 ** 0.5 / t, rel=1e-4)  # cos(b, (10a + 3b) / 4)
 
 
 def test_bad_shot_pooling_names_the_key(tiny_backbone):

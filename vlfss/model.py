@@ -56,6 +56,7 @@ class TrainingFreeConfig:
     shot_pooling: Literal["mean", "max"] = "mean"  # K shots' foreground prototypes: their mean, or the best match
     proto_features: str | None = None  # what prototypes match on: "z" (text-aligned), "tap<i>" (encoder tap i);
     # None: the model's default (mid-level taps generalise to novel classes better, as in PFENet/HSNet)
+    cell_norm: bool = True  # prototypes average L2-normalised cells, so every cell votes equally (not by its norm)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class HeadConfig:
     residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
     prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
     prior_shot_pooling: Literal["mean", "max"] = "mean"  # the prior's training_free.shot_pooling
+    prior_cell_norm: bool = True  # the prior's training_free.cell_norm
 
 
 @dataclass
@@ -186,12 +188,13 @@ class SegHead(nn.Module):
 
     def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> Tensor:
         """The training-free log-odds N x h x w that the decoder's output corrects (default TrainingFreeConfig but
-        for the prototype features and shot pooling the head was trained with, recorded in its config)."""
+        for the prototype features, shot pooling and cell normalisation the head was trained with, recorded in its
+        config)."""
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
         cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z",
-                                 shot_pooling=self.cfg.prior_shot_pooling)
+                                 shot_pooling=self.cfg.prior_shot_pooling, cell_norm=self.cfg.prior_cell_norm)
         return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
                                        text_bg)
 
@@ -555,6 +558,7 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
     cfg.setdefault("residual_prior", False)  # heads saved before the residual prior existed predict on their own
     cfg.setdefault("prior_proto_features", "z")  # ... and before the prior could match prototypes on a tap
     cfg.setdefault("prior_shot_pooling", "max")  # ... or average the shots' prototypes
+    cfg.setdefault("prior_cell_norm", False)  # ... or average normalised cells
     head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
     try:
         missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them

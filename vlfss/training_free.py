@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import functional as fn
@@ -75,9 +76,14 @@ def check_shot_pooling(value: str, key: str) -> None:
         raise InputError(f"{key}={value!r}: use 'mean' (one class prototype) or 'max' (best-matching shot)")
 
 
-def proto_features(e: Encoded, name: str | None) -> Tensor:
-    """The dense features prototypes are matched on: ``z`` (also for None) or tap ``i`` of the encoder (C x h x w)."""
-    return e.z if name in (None, "z") else e.taps[int(name[3:])]
+def proto_features(e: Encoded, name: str | None, cell_norm: bool = False) -> Tensor:
+    """The dense features prototypes are matched on: ``z`` (also for None) or tap ``i`` of the encoder (C x h x w).
+
+    ``cell_norm`` L2-normalises every cell, so a prototype (a masked mean) weighs each cell equally rather than
+    by its norm; cosine matching of the query is unchanged by it.
+    """
+    f = e.z if name in (None, "z") else e.taps[int(name[3:])]
+    return F.normalize(f, dim=0) if cell_norm else f
 
 
 def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
@@ -86,24 +92,25 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
 
     Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
     ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` on the features
-    ``cfg.proto_features`` names, with background evidence from every class's support background and the
-    negatives' foreground. The shots' foreground prototypes are averaged (``cfg.shot_pooling="mean"``) or each
-    query cell takes its best-matching shot (``"max"``); background keeps every support's own prototype (max),
-    since backgrounds differ from image to image.
+    ``cfg.proto_features`` names (cells L2-normalised first with ``cfg.cell_norm``), with background evidence
+    from every class's support background and the negatives' foreground. The shots' foreground prototypes are
+    averaged (``cfg.shot_pooling="mean"``) or each query cell takes its best-matching shot (``"max"``);
+    background keeps every support's own prototype (max), since backgrounds differ from image to image.
     """
     zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
-    fq = proto_features(query, cfg.proto_features).unsqueeze(0)  # 1 x C x h x w: prototype side
+    fq = proto_features(query, cfg.proto_features, cfg.cell_norm).unsqueeze(0)  # 1 x C x h x w: prototype side
     bg_protos = []
     for spec in specs:
         for e, m in spec.supports:
-            f = proto_features(e, cfg.proto_features).unsqueeze(0)
+            f = proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0)
             if cfg.num_bg_prototypes > 1:  # k-means over the support's background cells: a cluttered background
                 inverted = torch.where(m == fn.IGNORE, m, 1 - m)  # is several things, not one mean
                 bg_protos.append(fn.multi_prototypes(f, inverted.unsqueeze(0), cfg.num_bg_prototypes))
             else:
                 bg_protos.append(fn.prototypes(f, m.unsqueeze(0))[1])
     for e, m in negatives:
-        bg_protos.append(fn.prototypes(proto_features(e, cfg.proto_features).unsqueeze(0), m.unsqueeze(0))[0])
+        f = proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0)
+        bg_protos.append(fn.prototypes(f, m.unsqueeze(0))[0])
     bg_map = fn.cosine_map(fq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
     out = []
     for spec in specs:
@@ -118,12 +125,12 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
                 weights.append(cfg.text_weight)
         if spec.supports:
             if cfg.num_prototypes > 1:
-                feats = torch.stack([proto_features(e, cfg.proto_features) for e, _ in spec.supports])
+                feats = torch.stack([proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in spec.supports])
                 masks = torch.stack([m for _, m in spec.supports])
                 fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
             else:
-                fg = torch.cat([fn.prototypes(proto_features(e, cfg.proto_features).unsqueeze(0), m.unsqueeze(0))[0]
-                                for e, m in spec.supports])
+                fg = torch.cat([fn.prototypes(proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0),
+                                              m.unsqueeze(0))[0] for e, m in spec.supports])
                 if cfg.shot_pooling == "mean":  # one class prototype: the mean of the shots' (PANet)
                     fg = fg.mean(0, keepdim=True)
             fg_map = fn.cosine_map(fq, fg).max(1).values[0]
