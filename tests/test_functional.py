@@ -102,3 +102,28 @@ def test_fit_logistic_1d_recovers_slope_and_ignores_uninformative_scores():
     # soft labels: a cell half foreground counts half for each side
     a, b = fn.fit_logistic_1d(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]))
     assert abs(a) < 1e-6 and abs(b) < 1e-6
+
+
+def test_pooled_covariance_is_the_lda_within_group_covariance():
+    """Soft group weights pool each group's scatter about its own mean; cells without weight do not count."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=g)
+    w = torch.zeros(3, 30)
+    w[0, :10], w[1, 10:25] = 1.0, 1.0  # cells 25.. belong to no group
+    a, b = x[:10] - x[:10].mean(0), x[10:25] - x[10:25].mean(0)
+    assert torch.allclose(fn.pooled_covariance(x, w), (a.T @ a + b.T @ b) / 25, atol=1e-5)
+
+
+def test_discriminant_scores_differ_by_half_the_mahalanobis_distances():
+    """score(x, mu1) - score(x, mu2) = (d2(x, mu2) - d2(x, mu1)) / 2 under the given precision: a log-odds."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 3, generator=g)
+    cov = a @ a.T + 0.5 * torch.eye(3)
+    prec = fn.shrunk_precision(cov, 0.3)
+    assert torch.allclose(torch.linalg.inv(prec), 0.7 * cov + 0.3 * torch.trace(cov) / 3 * torch.eye(3), atol=1e-4)
+    protos = torch.randn(2, 3, generator=g)
+    feats = torch.randn(1, 3, 2, 2, generator=g)
+    s = fn.discriminant_map(feats, protos, prec)  # 1 x 2 x 2 x 2
+    x = feats[0].flatten(1).T  # 4 x 3
+    d2 = [((x - p) @ prec * (x - p)).sum(1) for p in protos]
+    assert torch.allclose((s[0, 0] - s[0, 1]).flatten(), (d2[1] - d2[0]) / 2, atol=1e-4)

@@ -84,6 +84,7 @@ def test_text_calibrated_on_supports_does_not_spoil_examples(tiny_backbone, rng,
     for calibrate in (True, False):
         seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode="training-free", input_size=128))
         seg.cfg.training_free.calibrate_text = calibrate
+        seg.cfg.training_free.metric = "cosine"  # (Mahalanobis log-odds on the support itself are too sure to drag)
         spec = seg.build_specs(["thing"], [(img, mask)], seg.variant)[0]
         e, m = spec.supports[0]
         fg, _ = fn.prototypes(e.z.unsqueeze(0), m.unsqueeze(0))
@@ -227,12 +228,15 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
     head = new_head(tiny_backbone)
     path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
     meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
-    del meta["head"]["residual_prior"], meta["head"]["prior_proto_features"], meta["head"]["prior_cell_norm"]
+    for key in ("residual_prior", "prior_proto_features", "prior_cell_norm", "prior_metric", "prior_shrinkage",
+                "prior_mahalanobis_scale"):
+        del meta["head"][key]
     old = {k: v for k, v in state.items() if not k.startswith("prior_")}
     save_file(old, str(tmp_path / "old.safetensors"), metadata={"vlfss": json.dumps(meta)})
     loaded, _ = load_head(tmp_path / "old.safetensors", tiny_backbone)
     assert not loaded.cfg.residual_prior and loaded.cfg.prior_proto_features == "z"
     assert not loaded.cfg.prior_cell_norm  # its prior averaged raw cells, as it was trained with
+    assert loaded.cfg.prior_metric == "cosine"  # ... and compared them by cosine
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.items())
     broken = dict(old)
     broken.pop("text_scale")
@@ -243,7 +247,7 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
 
 def test_kmeans_background_prototypes_separate_what_one_mean_cannot():
     """Background of two kinds whose mean points at the object: one mean prototype cannot tell the object from
-    the background; k-means background prototypes can (training_free.num_bg_prototypes)."""
+    the background by cosine; k-means background prototypes can (training_free.num_bg_prototypes)."""
     from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
     from vlfss.training_free import training_free_logits
 
@@ -257,7 +261,8 @@ def test_kmeans_background_prototypes_separate_what_one_mean_cannot():
     enc = Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))
     spec = ClassSpec(name="thing", text=None, supports=[(enc, mask)])
     for k, separates in ((1, False), (2, True)):
-        logits = training_free_logits(enc, [spec], [], TrainingFreeConfig(num_bg_prototypes=k), 1.0, 0.0)[0]
+        cfg = TrainingFreeConfig(num_bg_prototypes=k, metric="cosine")
+        logits = training_free_logits(enc, [spec], [], cfg, 1.0, 0.0)[0]
         fg_min, bg_max = float(logits[kind == 0].min()), float(logits[kind != 0].max())
         assert (fg_min > 0 > bg_max) == separates, (k, fg_min, bg_max)
 
@@ -320,8 +325,9 @@ def test_shots_average_into_one_class_prototype_unless_max_is_asked():
 
     spec = ClassSpec(name="thing", text=None, supports=[(enc(a), mask), (enc(b), mask)])
     query = enc(a)
-    mean = training_free_logits(query, [spec], [], TrainingFreeConfig(shot_pooling="mean"), 1.0, 0.0)[0]
-    best = training_free_logits(query, [spec], [], TrainingFreeConfig(shot_pooling="max"), 1.0, 0.0)[0]
+    cfgs = {p: TrainingFreeConfig(shot_pooling=p, metric="cosine") for p in ("mean", "max")}
+    mean = training_free_logits(query, [spec], [], cfgs["mean"], 1.0, 0.0)[0]
+    best = training_free_logits(query, [spec], [], cfgs["max"], 1.0, 0.0)[0]
     t = TrainingFreeConfig().proto_temperature
     assert float(best[obj].mean()) == pytest.approx(1.0 / t, rel=1e-4)  # cos 1 to shot a, 0 to the background
     assert float(mean[obj].mean()) == pytest.approx(2 ** -0.5 / t, rel=1e-4)  # cos to (a + b) / 2
@@ -344,10 +350,46 @@ def test_cell_norm_lets_every_foreground_cell_vote_equally():
     qz = torch.where(obj, b[:, None, None], c[:, None, None])
     query = Encoded(taps=[], z=qz, rgb=torch.zeros(3, 16, 16), size=(16, 16))
     t = TrainingFreeConfig().proto_temperature
-    normed = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=True), 1.0, 0.0)[0]
-    raw = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=False), 1.0, 0.0)[0]
+    normed = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=True, metric="cosine"), 1.0, 0.0)[0]
+    raw = training_free_logits(query, [spec], [], TrainingFreeConfig(cell_norm=False, metric="cosine"), 1.0, 0.0)[0]
     assert float(normed[obj].mean()) == pytest.approx(3 / 10 ** 0.5 / t, rel=1e-4)  # cos(b, (a + 3b) / 4)
     assert float(raw[obj].mean()) == pytest.approx(3 / 109 ** 0.5 / t, rel=1e-4)  # cos(b, (10a + 3b) / 4)
+
+
+def test_mahalanobis_prototypes_discount_the_directions_an_object_varies_in():
+    """Object and background differ a little along a direction both hold still, and a lot, but with wide
+    scatter, along another: cosine follows the wide direction and labels the query backwards; the Mahalanobis
+    metric under the supports' covariance follows the steady one and gets both regions right."""
+    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
+    from vlfss.training_free import training_free_logits
+
+    obj = torch.zeros(4, 4, dtype=torch.bool)
+    obj[1:3, 1:3] = True
+    swing = torch.tensor([[2.0, -2.0] * 2, [-2.0, 2.0] * 2] * 2)  # +-2 scatter along dim 0, mean 0 in each region
+    sz = torch.stack([torch.where(obj, 1.0, -1.0) + swing, torch.where(obj, 0.5, -0.5), torch.ones(4, 4)])
+    qz = torch.stack([torch.where(obj, -1.5, 1.5), torch.where(obj, 0.5, -0.5), torch.ones(4, 4)])
+    mask = obj.to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    enc = lambda z: Encoded(taps=[], z=z, rgb=torch.zeros(3, 16, 16), size=(16, 16))  # noqa: E731
+    spec = ClassSpec(name="thing", text=None, supports=[(enc(sz), mask)])
+    labels = {}
+    for metric in ("cosine", "mahalanobis"):
+        cfg = TrainingFreeConfig(metric=metric, shrinkage=0.1, cell_norm=False)
+        labels[metric] = training_free_logits(enc(qz), [spec], [], cfg, 1.0, 0.0)[0] > 0
+    assert torch.equal(labels["mahalanobis"], obj)
+    assert torch.equal(labels["cosine"], ~obj)
+
+
+def test_bad_metric_or_shrinkage_names_the_key(tiny_backbone):
+    from vlfss.errors import InputError
+    from vlfss.model import HeadConfig, TrainingFreeConfig
+
+    for kw, key in (({"metric": "euclid"}, "training_free.metric"), ({"shrinkage": 0.0}, "training_free.shrinkage"),
+                    ({"shrinkage": 1.5}, "training_free.shrinkage"),
+                    ({"mahalanobis_scale": 0.0}, "training_free.mahalanobis_scale")):
+        with pytest.raises(InputError, match=key):
+            Segmenter(tiny_backbone, SegmenterConfig(training_free=TrainingFreeConfig(**kw)))
+    with pytest.raises(InputError, match="head.prior_metric"):
+        new_head(tiny_backbone, HeadConfig(prior_metric="euclid"))
 
 
 def test_bad_shot_pooling_names_the_key(tiny_backbone):

@@ -87,6 +87,53 @@ def cosine_map(feats: Tensor, protos: Tensor) -> Tensor:
     return torch.einsum("bchw,mc->bmhw", f, p)
 
 
+def pooled_covariance(cells: Tensor, weights: Tensor) -> Tensor:
+    """Within-group covariance of feature cells, pooled over groups (the shared covariance of LDA).
+
+    cells M x C; weights G x M, each row one group's soft membership of the cells (e.g. one support's foreground
+    or background weights). Returns C x C: the weighted scatter of every cell about its group's mean, summed
+    over groups and divided by the total weight (zero when nothing has weight).
+    """
+    cells = cells.double()
+    weights = weights.double()
+    total = weights.sum()
+    mass = weights.sum(1, keepdim=True)  # G x 1
+    means = (weights @ cells) / mass.clamp_min(1e-12)  # G x C
+    scatter = cells.T @ (cells * weights.sum(0, keepdim=True).T) - means.T @ (means * mass)
+    return (scatter / total.clamp_min(1e-12)).to(torch.float32)
+
+
+def shrunk_precision(cov: Tensor, shrinkage: float, eps: float = 1e-6) -> Tensor:
+    """Inverse of ``(1 - shrinkage) * cov + shrinkage * (tr(cov) / C) * I`` (Ledoit-Wolf-style shrinkage toward a
+    scaled identity, as Simple CNAPS does for few-shot covariances): a few hundred support cells cannot estimate
+    a C x C covariance on their own. shrinkage in (0, 1]; 1 gives Euclidean distance up to scale."""
+    c = cov.shape[0]
+    cov = cov.double()
+    scale = float(torch.trace(cov)) / c
+    eye = torch.eye(c, dtype=cov.dtype)
+    shrunk = (1 - shrinkage) * cov + (shrinkage * scale + eps) * eye
+    return torch.linalg.inv(shrunk).to(torch.float32)
+
+
+def discriminant_map(feats: Tensor, protos: Tensor, precision: Tensor, center: Tensor | None = None) -> Tensor:
+    """Linear discriminant score of every cell for every prototype: ``mu' P x - mu' P mu / 2``.
+
+    feats B x C x h x w, protos M x C, precision C x C -> B x M x h x w. The difference of two prototypes' scores
+    is half the difference of their squared Mahalanobis distances, i.e. the Gaussian log-likelihood ratio with a
+    shared covariance: a log-odds without a temperature. ``center`` (C), e.g. the mean support cell, is
+    subtracted from cells and prototypes first: differences between prototypes do not change, but the scores
+    shrink from the size of ``mu' P mu`` to that of the differences, which float arithmetic then keeps exact
+    (with a sharp precision the uncentred scores cancel in their last digits). Computed in float64.
+    """
+    f, p, prec = feats.double(), protos.double(), precision.double()
+    if center is not None:
+        f = f - center.double()[None, :, None, None]
+        p = p - center.double()[None, :]
+    pm = p @ prec  # M x C (precision is symmetric)
+    bias = 0.5 * (pm * p).sum(1)  # M
+    return (torch.einsum("bchw,mc->bmhw", f, pm) - bias[None, :, None, None]).to(feats.dtype)
+
+
 def foreground_logit(fg_sim: Tensor, bg_sim: Tensor, temperature: float) -> Tensor:
     """Log-odds of foreground from similarities to foreground and background evidence: (fg - bg) / T."""
     return (fg_sim - bg_sim) / temperature

@@ -48,7 +48,7 @@ class TrainingFreeConfig:
     text_scale: float | None = None  # cosine -> logit multiplier for text; None: the model's logit scale
     text_threshold: float | None = None  # background cosine for text; None: -bias/scale (SigLIP) or bg prompts
     background_prompts: list[str] = field(default_factory=lambda: ["background", "a plain background"])
-    proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes
+    proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes compared by cosine
     num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground
     num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
@@ -57,6 +57,11 @@ class TrainingFreeConfig:
     proto_features: str | None = None  # what prototypes match on: "z" (text-aligned), "tap<i>" (encoder tap i);
     # None: the model's default (mid-level taps generalise to novel classes better, as in PFENet/HSNet)
     cell_norm: bool = True  # prototypes average L2-normalised cells, so every cell votes equally (not by its norm)
+    metric: Literal["cosine", "mahalanobis"] = "mahalanobis"  # how query cells compare to prototypes: cosine / T,
+    # or the Gaussian log-likelihood ratio under the supports' pooled, shrunk covariance (LDA; Simple CNAPS)
+    shrinkage: float = 0.9  # mahalanobis: weight of the scaled identity in the covariance (chosen on the val split)
+    mahalanobis_scale: float = 0.1  # mahalanobis: log-odds = scale * Gaussian log-likelihood ratio, which counts
+    # C correlated channels as independent evidence and is far too sure (chosen on the val split, text+examples)
 
 
 @dataclass
@@ -72,6 +77,9 @@ class HeadConfig:
     prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
     prior_shot_pooling: Literal["mean", "max"] = "mean"  # the prior's training_free.shot_pooling
     prior_cell_norm: bool = True  # the prior's training_free.cell_norm
+    prior_metric: Literal["cosine", "mahalanobis"] = "mahalanobis"  # the prior's training_free.metric
+    prior_shrinkage: float = 0.9  # the prior's training_free.shrinkage
+    prior_mahalanobis_scale: float = 0.1  # the prior's training_free.mahalanobis_scale
 
 
 @dataclass
@@ -166,6 +174,7 @@ class SegHead(nn.Module):
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
         tf.check_proto_features(cfg.prior_proto_features or "z", num_taps)
         tf.check_shot_pooling(cfg.prior_shot_pooling, "head.prior_shot_pooling")
+        tf.check_metric(cfg.prior_metric, cfg.prior_shrinkage, cfg.prior_mahalanobis_scale, "head.prior_")
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
         # else the max cosine to background prompt embeddings).
@@ -194,7 +203,9 @@ class SegHead(nn.Module):
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
         cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z",
-                                 shot_pooling=self.cfg.prior_shot_pooling, cell_norm=self.cfg.prior_cell_norm)
+                                 shot_pooling=self.cfg.prior_shot_pooling, cell_norm=self.cfg.prior_cell_norm,
+                                 metric=self.cfg.prior_metric, shrinkage=self.cfg.prior_shrinkage,
+                                 mahalanobis_scale=self.cfg.prior_mahalanobis_scale)
         return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
                                        text_bg)
 
@@ -326,6 +337,8 @@ class Segmenter(nn.Module):
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
         tf.check_shot_pooling(self.cfg.training_free.shot_pooling, "training_free.shot_pooling")
+        t = self.cfg.training_free
+        tf.check_metric(t.metric, t.shrinkage, t.mahalanobis_scale, "training_free.")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -559,6 +572,7 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
     cfg.setdefault("prior_proto_features", "z")  # ... and before the prior could match prototypes on a tap
     cfg.setdefault("prior_shot_pooling", "max")  # ... or average the shots' prototypes
     cfg.setdefault("prior_cell_norm", False)  # ... or average normalised cells
+    cfg.setdefault("prior_metric", "cosine")  # ... or compare cells by Mahalanobis distance
     head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
     try:
         missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them

@@ -70,6 +70,46 @@ def check_proto_features(name: str, num_taps: int) -> None:
                      f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
 
 
+def check_metric(metric: str, shrinkage: float, scale: float, prefix: str) -> None:
+    """Prototype metric is ``cosine`` or ``mahalanobis``, the covariance shrinkage lies in (0, 1] and the
+    log-odds scale is positive."""
+    if metric not in ("cosine", "mahalanobis"):
+        raise InputError(f"{prefix}metric={metric!r}: use 'cosine' (angle to each prototype) or 'mahalanobis' "
+                         "(distance under the supports' shrunk covariance)")
+    if not 0.0 < float(shrinkage) <= 1.0:
+        raise InputError(f"{prefix}shrinkage={shrinkage!r}: use a value in (0, 1] (1: no covariance, Euclidean)")
+    if not float(scale) > 0.0:
+        raise InputError(f"{prefix}mahalanobis_scale={scale!r}: use a positive factor (default 0.1)")
+
+
+def support_precision(sup_feats: list[Tensor], sup_masks: list[Tensor], neg_feats: list[Tensor],
+                      neg_masks: list[Tensor], shrinkage: float) -> tuple[Tensor, Tensor]:
+    """The shrunk inverse of the covariance the support cells share (C x C), for Mahalanobis prototypes, and
+    the mean support cell (C) to centre the discriminant scores on.
+
+    Groups are every support's foreground and background and every negative's foreground; the covariance is
+    pooled about each group's own mean (LDA), so it describes how cells of one thing vary, which the metric then
+    discounts: directions in which a texture's cells scatter weigh less than those that separate things.
+    """
+    cells, rows = [], []
+    for f, m, parts in [*((f, m, (0, 1)) for f, m in zip(sup_feats, sup_masks)),
+                        *((f, m, (0,)) for f, m in zip(neg_feats, neg_masks))]:
+        w = fn.mask_weights(m.unsqueeze(0), tuple(f.shape[-2:]))
+        cells.append(f.flatten(1).T)
+        rows.append([w[i][0].flatten() for i in parts])
+    total = sum(c.shape[0] for c in cells)
+    weights, start = [], 0
+    for c, groups in zip(cells, rows):
+        for g in groups:
+            row = torch.zeros(total, dtype=g.dtype)
+            row[start:start + c.shape[0]] = g
+            weights.append(row)
+        start += c.shape[0]
+    all_cells = torch.cat(cells)
+    cov = fn.pooled_covariance(all_cells, torch.stack(weights))
+    return fn.shrunk_precision(cov, shrinkage), all_cells.mean(0)
+
+
 def check_shot_pooling(value: str, key: str) -> None:
     """Shot pooling is ``mean`` or ``max``; anything else is an error naming the config key."""
     if value not in ("mean", "max"):
@@ -91,29 +131,40 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
     """Per-class foreground log-odds N x h x w for one encoded query.
 
     Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
-    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T`` on the features
-    ``cfg.proto_features`` names (cells L2-normalised first with ``cfg.cell_norm``), with background evidence
+    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T``, or with
+    ``cfg.metric="mahalanobis"`` the difference of linear discriminant scores under ``support_precision`` times
+    ``cfg.mahalanobis_scale``, on the
+    features ``cfg.proto_features`` names (cells L2-normalised first with ``cfg.cell_norm``), with background evidence
     from every class's support background and the negatives' foreground. The shots' foreground prototypes are
     averaged (``cfg.shot_pooling="mean"``) or each query cell takes its best-matching shot (``"max"``);
     background keeps every support's own prototype (max), since backgrounds differ from image to image.
     """
     zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
     fq = proto_features(query, cfg.proto_features, cfg.cell_norm).unsqueeze(0)  # 1 x C x h x w: prototype side
+    sup_feats = [[proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in spec.supports] for spec in specs]
+    neg_feats = [proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in negatives]
+    precision = center = None
+    if cfg.metric == "mahalanobis" and any(sup_feats):  # text alone needs no prototype metric
+        precision, center = support_precision([f for fs in sup_feats for f in fs],
+                                      [m for spec in specs for _, m in spec.supports],
+                                      neg_feats, [m for _, m in negatives], cfg.shrinkage)
+
+    def score(protos: Tensor) -> Tensor:  # 1 x M x h x w similarity of the query cells to prototypes
+        return fn.cosine_map(fq, protos) if precision is None else fn.discriminant_map(fq, protos, precision, center)
+
     bg_protos = []
-    for spec in specs:
-        for e, m in spec.supports:
-            f = proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0)
+    for spec, fs in zip(specs, sup_feats):
+        for f, (_, m) in zip(fs, spec.supports):
             if cfg.num_bg_prototypes > 1:  # k-means over the support's background cells: a cluttered background
                 inverted = torch.where(m == fn.IGNORE, m, 1 - m)  # is several things, not one mean
-                bg_protos.append(fn.multi_prototypes(f, inverted.unsqueeze(0), cfg.num_bg_prototypes))
+                bg_protos.append(fn.multi_prototypes(f.unsqueeze(0), inverted.unsqueeze(0), cfg.num_bg_prototypes))
             else:
-                bg_protos.append(fn.prototypes(f, m.unsqueeze(0))[1])
-    for e, m in negatives:
-        f = proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0)
-        bg_protos.append(fn.prototypes(f, m.unsqueeze(0))[0])
-    bg_map = fn.cosine_map(fq, torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
+                bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[1])
+    for f, (_, m) in zip(neg_feats, negatives):
+        bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[0])
+    bg_map = score(torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
     out = []
-    for spec in specs:
+    for spec, fs in zip(specs, sup_feats):
         terms, weights = [], []
         evidence = None
         if spec.text is not None:
@@ -124,18 +175,19 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
                 terms.append((s - text_bg) * text_scale)
                 weights.append(cfg.text_weight)
         if spec.supports:
+            feats = torch.stack(fs)
+            masks = torch.stack([m for _, m in spec.supports])
             if cfg.num_prototypes > 1:
-                feats = torch.stack([proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in spec.supports])
-                masks = torch.stack([m for _, m in spec.supports])
                 fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
             else:
-                fg = torch.cat([fn.prototypes(proto_features(e, cfg.proto_features, cfg.cell_norm).unsqueeze(0),
-                                              m.unsqueeze(0))[0] for e, m in spec.supports])
+                fg = fn.prototypes(feats, masks)[0]
                 if cfg.shot_pooling == "mean":  # one class prototype: the mean of the shots' (PANet)
                     fg = fg.mean(0, keepdim=True)
-            fg_map = fn.cosine_map(fq, fg).max(1).values[0]
+            fg_map = score(fg).max(1).values[0]
             bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
-            terms.append(fn.foreground_logit(fg_map, bgm, cfg.proto_temperature))
+            # cosine: a similarity gap over T; mahalanobis: a log-likelihood ratio, tempered
+            t = cfg.proto_temperature if precision is None else 1.0 / cfg.mahalanobis_scale
+            terms.append(fn.foreground_logit(fg_map, bgm, t))
             weights.append(cfg.proto_weight)
         total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
         if evidence is not None:
