@@ -219,6 +219,32 @@ def test_head_prior_matches_prototypes_on_the_features_it_was_built_for(tiny_bac
     assert new_head(tiny_backbone).cfg.prior_proto_features == "z"  # None resolves to the model's default
 
 
+def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, tmp_path):
+    """head.use_for: classes given as a kind the head does not answer get the training-free log-odds (the
+    upsampled prior), the others the head's own; the choice survives save/load; unknown kinds are refused."""
+    from vlfss.errors import InputError
+    from vlfss.model import HeadConfig
+
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone, HeadConfig(use_for=["text", "text+shots"]))
+    torch.nn.init.normal_(head.decoder.head.weight)  # a trained-looking last layer
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned"), head)
+    q, _ = blob_scene(rng, 64, 64)
+    s, sm = blob_scene(rng, 64, 64)
+    specs = seg.build_specs(["a cat", None], [[], [(s, sm)]], seg.head_variant)  # text only, examples only
+    (query,) = seg.encode([q], seg.head_variant)
+    with torch.no_grad():
+        out = head([query], specs)[0]
+        prior = torch.nn.functional.interpolate(head.prior(query, specs, [])[None], size=out.shape[-2:],
+                                                mode="bilinear", align_corners=False)[0]
+    assert torch.allclose(out[1], prior[1], atol=1e-5)  # examples only: training-free
+    assert not torch.allclose(out[0], prior[0], atol=1e-3)  # text: the head's correction
+    loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
+    assert loaded.cfg.use_for == ["text", "text+shots"]
+    with pytest.raises(InputError, match="head.use_for"):
+        new_head(tiny_backbone, HeadConfig(use_for=["pictures"]))
+
+
 def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tmp_path):
     import json
 

@@ -144,10 +144,12 @@ def test_short_run_lowers_the_loss_on_fixed_base_class_episodes(make_cfg, tiny_b
 @pytest.mark.slow
 @pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="the embedded tiny CLIP weights are not built yet")
 def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
-    """On the real tiny CLIP, 200 steps on fold 0's base classes lift novel-class mIoU in every mode above the
-    untrained head's. The untrained head is the training-free model (the head is a zero-initialised residual over
-    its log-odds), so this is learned vs training-free: measured text 0.336 -> 0.361, shots 0.390 -> 0.429,
-    text+shots 0.405 -> 0.477 (20 validation episodes, shipped weights of stage 4)."""
+    """On the real tiny CLIP, 200 steps on fold 0's base classes lift novel-class mIoU from text and from
+    text+examples above the untrained head's. The untrained head is the training-free model (the head is a
+    zero-initialised residual over its log-odds), so this is learned vs training-free. From examples alone the
+    training-free Mahalanobis prototypes are about as good as the head gets (measured 0.446 -> 0.465 here, and
+    falling with longer training on the full fold), which is why the fold configs fall back to them
+    (fallback_to_training_free); the head must not wreck them either."""
     from vlfss.backbones import build_backbone
     from vlfss.data.synthetic_store import materialize_synthetic
     from vlfss.model import Segmenter, new_head
@@ -157,7 +159,7 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     cfg = load_config(TrainConfig, Path(__file__).parent.parent / "configs" / "synthetic" / "fold0.yaml", [
         f"data.data_root={tmp_path / 'data'}", "data.train_options={n_images: 150}", "data.val_options={n_images: 60}",
         "steps=200", "warmup=10", "augment.views=0", "val.episodes=20", "epoch_steps=1000", "lr=0.001",
-        "keep_best=false",  # the last head, not the best of (untrained, trained): otherwise it could not fail
+        "keep_best=false", "fallback_to_training_free=false",  # the last head as trained: else it could not fail
         f"out_dir={tmp_path / 'run'}", "progress=false", "checkpoint_every=1000"])
     _, _, _, val = _build_data(cfg)
     backbone = build_backbone("vlfss-tiny")
@@ -166,8 +168,9 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     untrained = validate(seg, val, head=new_head(backbone, cfg.segmenter.head))
     fit(cfg)
     trained = json.loads((tmp_path / "run" / "summary.json").read_text())["val"]
-    for mode in KINDS:
+    for mode in ("text", "text+shots"):
         assert trained[mode]["miou"] > untrained[mode]["miou"] + 0.02, (mode, untrained, trained)
+    assert trained["shots"]["miou"] > untrained["shots"]["miou"] - 0.03, (untrained, trained)
 
 
 def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_backbone, tmp_path):
@@ -291,6 +294,42 @@ def test_keep_best_exports_the_best_validated_head_and_survives_resume(make_cfg,
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["best_step"] == best_step
     again = _weights(resumed)
     assert all(torch.allclose(head[k], again[k], atol=1e-6) for k in head)
+
+
+def test_fallback_kinds_keep_the_head_only_where_it_beat_training_free():
+    from vlfss.training import fallback_kinds
+
+    trained = {"text": {"miou": 0.5}, "shots": {"miou": 0.40}, "text+shots": {"miou": 0.45}}
+    free = {"text": {"miou": 0.3}, "shots": {"miou": 0.45}, "text+shots": {"miou": 0.45}}
+    assert fallback_kinds(trained, free) == ["text"]  # a tie is no win
+    assert fallback_kinds({"shots": {"miou": 0.4}}, free) == ["text", "text+shots"]  # not validated: kept
+    assert fallback_kinds(trained, None) == ["text", "shots", "text+shots"]
+
+
+def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp_path):
+    """fallback_to_training_free: the kept step maximises the mean of max(head, training-free) per kind, and the
+    exported head records the kinds it beat step 0 on; the others get the training-free log-odds at use."""
+    from vlfss.training import fallback_kinds
+
+    cfg = make_cfg("steps=6", "epoch_steps=2", "val.episodes=4", "lr=0.05", "keep_best=true", "log_every=1",
+                   "fallback_to_training_free=true", out=tmp_path / "fb")
+    path = fit(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "fb" / "log.jsonl").read_text().splitlines()]
+    vals = {x["step"]: x["val"] for x in lines if "val" in x}
+    free = json.loads((tmp_path / "fb" / "val_step0.json").read_text())
+    assert free == vals[0]
+    score = {k: np.mean([max(v["miou"], free[m]["miou"]) for m, v in val.items()]) for k, val in vals.items()}
+    summary = json.loads((tmp_path / "fb" / "summary.json").read_text())
+    assert summary["best_step"] == max(score, key=lambda k: (score[k], -k))
+    want = fallback_kinds(vals[summary["best_step"]], free)
+    assert summary["use_for"] == want
+    meta = json.loads(__import__("safetensors").safe_open(str(path), "pt").metadata()["vlfss"])
+    assert meta["head"]["use_for"] == want
+
+
+def test_fallback_needs_keep_best(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="fallback_to_training_free"):
+        fit(make_cfg("steps=2", "fallback_to_training_free=true", out=tmp_path / "x"))
 
 
 def test_kill_and_resume_reaches_the_same_weights(make_cfg, tmp_path):

@@ -35,6 +35,7 @@ from .prompts import PromptLearner, ensemble_text_embeddings, load_templates
 log = logging.getLogger(__name__)
 
 HEAD_FORMAT = "vlfss-head/1"
+INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
 Mode = Literal["auto", "training-free", "learned"]
 
 
@@ -74,6 +75,9 @@ class HeadConfig:
     hidden: int = 64  # decoder channels
     max_support_cells: int = 256  # support foreground cells kept as keys per class (strided if more)
     residual_prior: bool = True  # the decoder's output is added to the training-free log-odds (it learns a correction)
+    use_for: list[str] = field(default_factory=lambda: list(INPUT_KINDS))  # input kinds (text, shots, text+shots)
+    # the head answers; for the others learned mode returns the training-free log-odds (training sets this to the
+    # kinds where the head beat the training-free model on validation, with TrainConfig.fallback_to_training_free)
     prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
     prior_shot_pooling: Literal["mean", "max"] = "mean"  # the prior's training_free.shot_pooling
     prior_cell_norm: bool = True  # the prior's training_free.cell_norm
@@ -160,6 +164,13 @@ class ClassSpec:
     supports: list[tuple[Encoded, Tensor]]  # (features, mask at encoder input size H' x W' in {0,1,255})
 
 
+def input_kind(spec: ClassSpec) -> str:
+    """``text``, ``shots`` or ``text+shots``: what the class was given as (one of INPUT_KINDS)."""
+    if spec.supports:
+        return "text+shots" if spec.text is not None else "shots"
+    return "text"
+
+
 # -------------------------------------------------------------------------------------------- head
 class SegHead(nn.Module):
     """Learned fusion + decoder: per (query, class) pair, a foreground log-odds map at 4x patch resolution.
@@ -174,6 +185,10 @@ class SegHead(nn.Module):
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
         tf.check_proto_features(cfg.prior_proto_features or "z", num_taps)
         tf.check_shot_pooling(cfg.prior_shot_pooling, "head.prior_shot_pooling")
+        bad = [k for k in cfg.use_for if k not in INPUT_KINDS]
+        if bad:
+            raise InputError(f"head.use_for={list(cfg.use_for)!r}: {bad[0]!r} is not an input kind; use any of "
+                             f"{', '.join(INPUT_KINDS)}")
         tf.check_metric(cfg.prior_metric, cfg.prior_shrinkage, cfg.prior_mahalanobis_scale, "head.prior_")
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
@@ -283,9 +298,13 @@ class SegHead(nn.Module):
         tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
         out = self.decoder(fused, torch.stack(sims), tap_stacks, torch.stack(rgb))  # P x 1 x 4h x 4w
         out = out.view(len(queries), len(specs), *out.shape[-2:])
-        if self.cfg.residual_prior:
+        answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=out.device)
+        if self.cfg.residual_prior or not bool(answered.all()):
             prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
-            out = out + F.interpolate(prior.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            prior = F.interpolate(prior.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
+            if self.cfg.residual_prior:
+                out = out + prior
+            out = torch.where(answered[None, :, None, None], out, prior)  # kinds the head does not answer
         return out
 
     def save(self, path: str | Path, backbone_id: str, variant: str, extra: dict | None = None) -> Path:

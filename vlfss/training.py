@@ -55,6 +55,7 @@ from . import functional as fn
 from .config import to_dict
 from .episodes import Episode, EpisodeSampler, EpisodeSpec, relabel_query, shard
 from .errors import ConfigError, InputError
+from .io_utils import atomic_write_text
 from .model import ClassSpec, Encoded, SegHead, Segmenter, SegmenterConfig
 from .prompt_tuning import PromptTuneConfig, learn_prompt, tune_prompts  # noqa: F401 - the public API's home
 
@@ -140,6 +141,8 @@ class TrainConfig:
     steps: int = 1000  # optimiser steps
     epoch_steps: int = 250  # steps between validations
     keep_best: bool = False  # the final head is the one with the best mean validation mIoU, not the last one
+    fallback_to_training_free: bool = False  # with keep_best: the exported head answers only the input kinds
+    # (text, shots, text+shots) where it beat the untrained head (= the training-free model) on validation
     batch_episodes: int = 4  # episodes per step over all processes (divisible by the world size)
     lr: float = 0.001  # peak AdamW learning rate of the head
     weight_decay: float = 0.0001
@@ -192,6 +195,8 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     need(cfg.val.shots >= 1, "val.shots", f"must be >= 1, got {cfg.val.shots}")
     bad = [m for m in cfg.val.modes if m not in KINDS]
     need(not bad, "val.modes", f"unknown mode(s) {bad}; use {list(KINDS)}")
+    need(cfg.keep_best or not cfg.fallback_to_training_free, "fallback_to_training_free",
+         "needs keep_best: true (it compares the kept head with the step-0 validation)")
 
 
 def lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -535,6 +540,7 @@ def _clear_checkpoints(out: Path) -> None:
 
     (out / POINTER).unlink(missing_ok=True)
     (out / "best.safetensors").unlink(missing_ok=True)
+    (out / "val_step0.json").unlink(missing_ok=True)
     for p in list(out.glob("ckpt-*.safetensors")) + list(out.glob("ckpt-*.state.pt")):
         p.unlink(missing_ok=True)
 
@@ -718,6 +724,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                                 dctx, run.variant)  # residual prior it is the training-free model itself
             logger.write({"step": 0, "val": last_val})
             best = _update_best(best, run, out, 0, last_val, dctx.is_main)
+            if dctx.is_main:  # the training-free scores, kept for fallback_to_training_free (and for resumes)
+                atomic_write_text(out / "val_step0.json", json.dumps(last_val))
+        free = None  # the training-free (step-0) validation, for fallback_to_training_free
+        if cfg.fallback_to_training_free:
+            free = last_val if start == 0 else _read_json(out / "val_step0.json")
         t0 = time.time()
         try:
             for step in bar:
@@ -738,7 +749,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                     logger.write({"step": done, "val": last_val})
                     log.info("step %d validation (novel classes): %s", done, _fmt_val(last_val))
                     if cfg.keep_best:  # every rank sees the same (all-reduced) scores and keeps the same copy
-                        best = _update_best(best, run, out, done, last_val, dctx.is_main)
+                        best = _update_best(best, run, out, done, last_val, dctx.is_main, free)
                 if dctx.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                     ck.save_checkpoint(out, done, dict(run.module.state_dict()), meta,
                                        {"optimizer": run.opt.state_dict(), **ck.rng_state()}, cfg.keep_checkpoints)
@@ -754,6 +765,11 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             best_info = {"best_step": best.step, "last_val": last_val}
             last_val = best.val
             log.info("keeping the step-%d head (best mean validation mIoU %.1f)", best.step, 100 * best.score)
+            if cfg.fallback_to_training_free:
+                use_for = fallback_kinds(best.val, free)
+                run.module.head.cfg = replace(run.module.head.cfg, use_for=use_for)
+                best_info["use_for"] = use_for
+                log.info("the head answers %s; the training-free model the rest", ", ".join(use_for) or "nothing")
         diff = replicas_max_difference([p.detach() for p in run.params], dctx)
         if diff > 0:
             log.warning("replicas differ by up to %.3g after training", diff)
@@ -768,6 +784,20 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         cleanup(dctx)
 
 
+def fallback_kinds(trained: dict[str, dict[str, float]], free: dict[str, dict[str, float]] | None) -> list[str]:
+    """Input kinds the trained head should answer: those it beat the training-free model on (validation mIoU);
+    kinds without both scores stay with the head (no evidence against it)."""
+    from .model import INPUT_KINDS
+
+    free = free or {}
+    return [k for k in INPUT_KINDS
+            if k not in trained or k not in free or trained[k]["miou"] > free[k]["miou"]]
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 @dataclass
 class _Best:
     """The best validated weights so far (every rank holds the same copy)."""
@@ -779,12 +809,17 @@ class _Best:
 
 
 def _update_best(best: _Best | None, run: _Run, out: Path, step: int, val: dict[str, dict[str, float]],
-                 write: bool) -> _Best | None:
+                 write: bool, free: dict[str, dict[str, float]] | None = None) -> _Best | None:
     """Keep a copy of the weights when ``val`` beats the best so far; the main rank also writes best.safetensors
-    (atomically) so that a resumed run knows the best it has to beat."""
+    (atomically) so that a resumed run knows the best it has to beat. With ``free`` (the training-free scores,
+    for fallback_to_training_free) a kind scores the better of the head's and the training-free model's
+    mIoU, as the exported head will answer it."""
     from .io_utils import atomic_save_safetensors
 
-    score = float(np.mean([v["miou"] for v in val.values()])) if val else float("nan")
+    def kind_score(k: str, v: dict[str, float]) -> float:
+        return max(v["miou"], free[k]["miou"]) if free and k in free else v["miou"]
+
+    score = float(np.mean([kind_score(k, v) for k, v in val.items()])) if val else float("nan")
     if not np.isfinite(score) or (best is not None and score <= best.score):
         return best
     state = {k: v.detach().clone() for k, v in run.module.state_dict().items()}
