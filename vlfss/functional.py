@@ -146,7 +146,8 @@ def fit_logistic_1d(x: Tensor, fg: Tensor, bg: Tensor, l2: float = 1e-2, steps: 
     (soft labels, as ``mask_weights`` gives). ``x`` is standardised first so that the ridge penalty ``l2 * a^2``
     (per unit of total weight) does not depend on the score's units; ``b`` is not penalised.
     """
-    x, fg, bg = x.reshape(-1).double(), fg.reshape(-1).double(), bg.reshape(-1).double()
+    # a fitted calibration, not a differentiable layer: (a, b) are plain floats, so no gradient flows back
+    x, fg, bg = (t.detach().reshape(-1).double() for t in (x, fg, bg))
     w = fg + bg
     total = float(w.sum())
     if total <= 0:
