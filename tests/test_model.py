@@ -241,6 +241,11 @@ def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, 
     assert not torch.allclose(out[0], prior[0], atol=1e-3)  # text: the head's correction
     loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
     assert loaded.cfg.use_for == ["text", "text+shots"]
+    free = Segmenter(tiny_backbone, SegmenterConfig(mode="training-free"))
+    learned = seg.segment(q, supports=[(s, sm)])  # a kind the head declines: exactly the training-free answer
+    assert torch.allclose(learned.logits, free.segment(q, supports=[(s, sm)]).logits, atol=1e-5)
+    assert not torch.allclose(seg.segment(q, texts=["a cat"]).logits, free.segment(q, texts=["a cat"]).logits,
+                              atol=1e-3)
     with pytest.raises(InputError, match="head.use_for"):
         new_head(tiny_backbone, HeadConfig(use_for=["pictures"]))
 

@@ -544,16 +544,22 @@ class Segmenter(nn.Module):
 
             head = adapt_head(self, specs, negs, steps=adapt_steps)
         outs = []
+        declined = [i for i, s in enumerate(specs) if mode == "learned" and input_kind(s) not in head.cfg.use_for]
         for q in queries:
             with torch.no_grad():
                 if mode == "learned":
-                    fg = head([q], specs, negs)[0]
+                    fg = up(head([q], specs, negs)[0], q.size)
+                    if declined:  # kinds the head does not answer: its training-free prior,
+                        fg[declined] = up(head.prior(q, specs, negs), q.size)[declined]  # upsampled as in that mode
                 else:
-                    fg = self.training_free_logits(q, specs, negs, neg_text)
-            logits = fn.nway_logits(fg.unsqueeze(0))
-            logits = F.interpolate(logits, size=q.size, mode="bilinear", align_corners=False)[0]
-            outs.append(make_output(logits, [s.name for s in specs]))
+                    fg = up(self.training_free_logits(q, specs, negs, neg_text), q.size)
+            outs.append(make_output(fn.nway_logits(fg.unsqueeze(0))[0], [s.name for s in specs]))
         return outs[0] if single else outs
+
+
+def up(fg: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-class log-odds N x h x w -> N x H x W, bilinear (the image's own size)."""
+    return F.interpolate(fg.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
 
 
 def _normalise_supports(supports, n_texts: int) -> list[list]:
