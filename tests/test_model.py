@@ -242,7 +242,12 @@ def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, 
     loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
     assert loaded.cfg.use_for == ["text", "text+shots"]
     free = Segmenter(tiny_backbone, SegmenterConfig(mode="training-free"))
+    calls = []
+    real_prior = head.prior
+    head.prior = lambda *a: calls.append(1) or real_prior(*a)  # type: ignore[method-assign]
     learned = seg.segment(q, supports=[(s, sm)])  # a kind the head declines: exactly the training-free answer
+    head.prior = real_prior  # type: ignore[method-assign]
+    assert len(calls) == 1  # the prior is computed once per query, not once for the head and again for the answer
     assert torch.allclose(learned.logits, free.segment(q, supports=[(s, sm)]).logits, atol=1e-5)
     assert not torch.allclose(seg.segment(q, texts=["a cat"]).logits, free.segment(q, texts=["a cat"]).logits,
                               atol=1e-3)

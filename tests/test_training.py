@@ -327,6 +327,15 @@ def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp
     assert meta["head"]["use_for"] == want
 
 
+def test_a_damaged_step0_validation_file_is_named(tmp_path):
+    from vlfss.training import _read_json
+
+    (tmp_path / "val_step0.json").write_text("{not json")
+    with pytest.raises(InputError, match="val_step0.json is damaged"):
+        _read_json(tmp_path / "val_step0.json")
+    assert _read_json(tmp_path / "missing.json") is None
+
+
 def test_fallback_needs_keep_best(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="fallback_to_training_free"):
         fit(make_cfg("steps=2", "fallback_to_training_free=true", out=tmp_path / "x"))

@@ -212,8 +212,8 @@ class SegHead(nn.Module):
 
     def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> Tensor:
         """The training-free log-odds N x h x w that the decoder's output corrects (default TrainingFreeConfig but
-        for the prototype features, shot pooling and cell normalisation the head was trained with, recorded in its
-        config)."""
+        for the prototype features, shot pooling, cell normalisation and metric the head was trained with, recorded
+        in its config)."""
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
@@ -280,8 +280,9 @@ class SegHead(nn.Module):
         return torch.cat(sims + [flags], 0), keys
 
     def forward(self, queries: list[Encoded], specs: list[ClassSpec],
-                negatives: list[tuple[Encoded, Tensor]] | None = None) -> Tensor:
-        """Foreground log-odds B x N x h4 x w4 for all queries (same encoder size) and classes."""
+                negatives: list[tuple[Encoded, Tensor]] | None = None, prior: Tensor | None = None) -> Tensor:
+        """Foreground log-odds B x N x h4 x w4 for all queries (same encoder size) and classes. ``prior``
+        (B x N x h x w): ``self.prior`` of the queries when the caller has it already."""
         sims, keys, qtok, taps, rgb = [], [], [], [], []
         for q in queries:
             qcat = torch.cat(self._levels(q), 0)  # S x h x w
@@ -300,7 +301,8 @@ class SegHead(nn.Module):
         out = out.view(len(queries), len(specs), *out.shape[-2:])
         answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=out.device)
         if self.cfg.residual_prior or not bool(answered.all()):
-            prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
+            if prior is None:
+                prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
             prior = F.interpolate(prior.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
             if self.cfg.residual_prior:
                 out = out + prior
@@ -548,9 +550,10 @@ class Segmenter(nn.Module):
         for q in queries:
             with torch.no_grad():
                 if mode == "learned":
-                    fg = up(head([q], specs, negs)[0], q.size)
-                    if declined:  # kinds the head does not answer: its training-free prior,
-                        fg[declined] = up(head.prior(q, specs, negs), q.size)[declined]  # upsampled as in that mode
+                    prior = head.prior(q, specs, negs) if declined else None  # computed once, used twice
+                    fg = up(head([q], specs, negs, None if prior is None else prior[None])[0], q.size)
+                    if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
+                        fg[declined] = up(prior, q.size)[declined]  # as training-free mode does
                 else:
                     fg = up(self.training_free_logits(q, specs, negs, neg_text), q.size)
             outs.append(make_output(fn.nway_logits(fg.unsqueeze(0))[0], [s.name for s in specs]))

@@ -56,12 +56,12 @@ from .config import to_dict
 from .episodes import Episode, EpisodeSampler, EpisodeSpec, relabel_query, shard
 from .errors import ConfigError, InputError
 from .io_utils import atomic_write_text
-from .model import ClassSpec, Encoded, SegHead, Segmenter, SegmenterConfig
+from .model import INPUT_KINDS, ClassSpec, Encoded, SegHead, Segmenter, SegmenterConfig
 from .prompt_tuning import PromptTuneConfig, learn_prompt, tune_prompts  # noqa: F401 - the public API's home
 
 log = logging.getLogger(__name__)
 
-KINDS = ("text", "shots", "text+shots")
+KINDS = INPUT_KINDS  # episode kinds and validation modes are the input kinds a head answers
 _PLAN_TAG = 0x7EA1  # separates the planning stream from other uses of the seed
 _VIEW_TAG = 0xA06
 
@@ -787,15 +787,19 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 def fallback_kinds(trained: dict[str, dict[str, float]], free: dict[str, dict[str, float]] | None) -> list[str]:
     """Input kinds the trained head should answer: those it beat the training-free model on (validation mIoU);
     kinds without both scores stay with the head (no evidence against it)."""
-    from .model import INPUT_KINDS
-
     free = free or {}
-    return [k for k in INPUT_KINDS
+    return [k for k in KINDS
             if k not in trained or k not in free or trained[k]["miou"] > free[k]["miou"]]
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A JSON file the run wrote earlier (None if absent); a damaged one is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is damaged ({e}); delete it, or start the run again with --overwrite") from e
 
 
 @dataclass

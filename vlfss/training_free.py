@@ -91,23 +91,16 @@ def support_precision(sup_feats: list[Tensor], sup_masks: list[Tensor], neg_feat
     pooled about each group's own mean (LDA), so it describes how cells of one thing vary, which the metric then
     discounts: directions in which a texture's cells scatter weigh less than those that separate things.
     """
-    cells, rows = [], []
+    scatter, mass, cells = 0.0, 0.0, []
     for f, m, parts in [*((f, m, (0, 1)) for f, m in zip(sup_feats, sup_masks)),
                         *((f, m, (0,)) for f, m in zip(neg_feats, neg_masks))]:
-        w = fn.mask_weights(m.unsqueeze(0), tuple(f.shape[-2:]))
-        cells.append(f.flatten(1).T)
-        rows.append([w[i][0].flatten() for i in parts])
-    total = sum(c.shape[0] for c in cells)
-    weights, start = [], 0
-    for c, groups in zip(cells, rows):
-        for g in groups:
-            row = torch.zeros(total, dtype=g.dtype)
-            row[start:start + c.shape[0]] = g
-            weights.append(row)
-        start += c.shape[0]
-    all_cells = torch.cat(cells)
-    cov = fn.pooled_covariance(all_cells, torch.stack(weights))
-    return fn.shrunk_precision(cov, shrinkage), all_cells.mean(0)
+        w = torch.stack(fn.mask_weights(m.unsqueeze(0), tuple(f.shape[-2:])))[list(parts), 0].flatten(1)  # G x hw
+        x = f.flatten(1).T  # hw x C
+        scatter = scatter + fn.pooled_covariance(x, w) * w.sum()  # this image's groups' scatter
+        mass = mass + w.sum()
+        cells.append(x)
+    cov = scatter / mass if float(mass) > 0 else torch.zeros(cells[0].shape[1], cells[0].shape[1])
+    return fn.shrunk_precision(cov, shrinkage), torch.cat(cells).mean(0)
 
 
 def check_shot_pooling(value: str, key: str) -> None:
@@ -133,9 +126,9 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
     Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
     ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T``, or with
     ``cfg.metric="mahalanobis"`` the difference of linear discriminant scores under ``support_precision`` times
-    ``cfg.mahalanobis_scale``, on the
-    features ``cfg.proto_features`` names (cells L2-normalised first with ``cfg.cell_norm``), with background evidence
-    from every class's support background and the negatives' foreground. The shots' foreground prototypes are
+    ``cfg.mahalanobis_scale``, on the features ``cfg.proto_features`` names (cells L2-normalised first with
+    ``cfg.cell_norm``), with background evidence from every class's support background and the negatives'
+    foreground. The shots' foreground prototypes are
     averaged (``cfg.shot_pooling="mean"``) or each query cell takes its best-matching shot (``"max"``);
     background keeps every support's own prototype (max), since backgrounds differ from image to image.
     """
