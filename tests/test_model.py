@@ -255,17 +255,69 @@ def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, 
         new_head(tiny_backbone, HeadConfig(use_for=["pictures"]))
 
 
+def test_agnostic_kinds_reach_the_decoder_only_through_similarity_maps(tiny_backbone, rng):
+    """head.agnostic_kinds: an examples-only class never touches the fusion module or the encoder skips (nothing
+    class-specific to memorise on base classes), while a text class does; unknown kinds are refused."""
+    from vlfss.errors import InputError
+    from vlfss.model import HeadConfig
+
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone, HeadConfig(agnostic_kinds=["shots"]))
+    torch.nn.init.normal_(head.decoder.head.weight)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned"), head)
+    q, _ = blob_scene(rng, 64, 64)
+    s, sm = blob_scene(rng, 64, 64)
+    (query,) = seg.encode([q], seg.head_variant)
+
+    def grads(texts, supports):
+        head.zero_grad(set_to_none=True)
+        head([query], seg.build_specs(texts, supports, seg.head_variant)).square().sum().backward()
+        fusion = [p.grad for p in head.fusion.parameters()]
+        skips = [p.grad for p in head.decoder.tap_proj.parameters()]
+        return [g for g in fusion + skips if g is not None and g.abs().sum() > 0]
+
+    assert grads([None], [[(s, sm)]]) == []  # examples only: class-agnostic
+    assert grads(["a cat"], [[(s, sm)]]) != []  # text+examples: raw features too
+    assert head.decoder.stage1[0][0].weight.grad.abs().sum() > 0  # the decoder itself still learns
+    with pytest.raises(InputError, match="head.agnostic_kinds"):
+        new_head(tiny_backbone, HeadConfig(agnostic_kinds=["pixels"]))
+
+
+def test_the_decoder_reads_the_prior_it_corrects(tiny_backbone, rng):
+    """head.prior_input: the correction depends on the training-free log-odds (not only on features), so the
+    head can learn where the prior is wrong; without it the correction ignores the prior."""
+    from vlfss.model import HeadConfig
+
+    q, _ = blob_scene(rng, 64, 64)
+    s, sm = blob_scene(rng, 64, 64)
+    for prior_input in (True, False):
+        torch.manual_seed(0)
+        head = new_head(tiny_backbone, HeadConfig(prior_input=prior_input))
+        torch.nn.init.normal_(head.decoder.head.weight)
+        seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned"), head)
+        specs = seg.build_specs([None], [[(s, sm)]], seg.head_variant)
+        (query,) = seg.encode([q], seg.head_variant)
+        with torch.no_grad():
+            prior = head.prior(query, specs, [])[None]
+            corr = [head([query], specs, prior=p) - torch.nn.functional.interpolate(
+                p, size=(4 * p.shape[-2], 4 * p.shape[-1]), mode="bilinear", align_corners=False)
+                for p in (prior, prior + 3.0)]
+        assert torch.allclose(corr[0], corr[1], atol=1e-5) != prior_input
+
+
 def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tmp_path):
     import json
 
     from safetensors.torch import save_file
 
+    from vlfss.model import HeadConfig
+
     torch.manual_seed(0)
-    head = new_head(tiny_backbone)
+    head = new_head(tiny_backbone, HeadConfig(prior_input=False))  # no prior channel: as old files were shaped
     path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
     meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
     for key in ("residual_prior", "prior_proto_features", "prior_cell_norm", "prior_metric", "prior_shrinkage",
-                "prior_mahalanobis_scale"):
+                "prior_mahalanobis_scale", "prior_input", "agnostic_kinds"):
         del meta["head"][key]
     old = {k: v for k, v in state.items() if not k.startswith("prior_")}
     save_file(old, str(tmp_path / "old.safetensors"), metadata={"vlfss": json.dumps(meta)})
@@ -273,6 +325,7 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
     assert not loaded.cfg.residual_prior and loaded.cfg.prior_proto_features == "z"
     assert not loaded.cfg.prior_cell_norm  # its prior averaged raw cells, as it was trained with
     assert loaded.cfg.prior_metric == "cosine"  # ... and compared them by cosine
+    assert not loaded.cfg.prior_input and loaded.cfg.agnostic_kinds == []  # ... and saw every kind's features
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in old.items())
     broken = dict(old)
     broken.pop("text_scale")

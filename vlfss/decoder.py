@@ -24,14 +24,22 @@ class Decoder(nn.Module):
         self.stage3 = _conv(hidden // 2 + 16, hidden // 2)
         self.head = nn.Conv2d(hidden // 2, 1, 1)
 
-    def forward(self, fused: Tensor, sims: Tensor, taps: list[Tensor], rgb: Tensor) -> Tensor:
+    def forward(self, fused: Tensor, sims: Tensor, taps: list[Tensor], rgb: Tensor, raw: Tensor | None = None
+                ) -> Tensor:
+        """``raw`` (P, bool): pairs that read the fused tokens and encoder skips; the others read neither (the
+        similarity maps and the RGB stem only). None: every pair reads them."""
+        keep = None if raw is None else raw.to(sims.dtype)[:, None, None, None]
+        if keep is not None:
+            fused = fused * keep
         x = self.stage1(torch.cat([fused, sims], 1))  # P x hidden x h x w
         if taps:  # deepest tap at patch resolution, shallower ones after the first upsampling
-            x = x + self.tap_proj[-1](taps[-1])
+            skip = self.tap_proj[-1](taps[-1])
+            x = x + (skip if keep is None else skip * keep)
         h, w = x.shape[-2:]
         x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
         for proj, tap in zip(self.tap_proj[:-1], taps[:-1]):
-            x = x + F.interpolate(proj(tap), size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+            skip = proj(tap) if keep is None else proj(tap) * keep
+            x = x + F.interpolate(skip, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
         x = self.stage2(x)
         x = F.interpolate(x, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
         r = F.interpolate(rgb, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)

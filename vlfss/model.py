@@ -84,6 +84,10 @@ class HeadConfig:
     prior_metric: Literal["cosine", "mahalanobis"] = "mahalanobis"  # the prior's training_free.metric
     prior_shrinkage: float = 0.9  # the prior's training_free.shrinkage
     prior_mahalanobis_scale: float = 0.1  # the prior's training_free.mahalanobis_scale
+    prior_input: bool = True  # the decoder also reads the prior's log-odds, so its correction can depend on them
+    agnostic_kinds: list[str] = field(default_factory=lambda: ["shots", "text+shots"])  # input kinds the head sees only through
+    # similarity maps and the prior (no raw features: the fused tokens and encoder skips are zero for them), so what
+    # it learns on base classes is class-agnostic and carries over to novel ones, as in HSNet / PFENet
 
 
 @dataclass
@@ -185,10 +189,11 @@ class SegHead(nn.Module):
         self.tap_dim, self.num_taps, self.embed_dim = tap_dim, num_taps, embed_dim
         tf.check_proto_features(cfg.prior_proto_features or "z", num_taps)
         tf.check_shot_pooling(cfg.prior_shot_pooling, "head.prior_shot_pooling")
-        bad = [k for k in cfg.use_for if k not in INPUT_KINDS]
-        if bad:
-            raise InputError(f"head.use_for={list(cfg.use_for)!r}: {bad[0]!r} is not an input kind; use any of "
-                             f"{', '.join(INPUT_KINDS)}")
+        for key in ("use_for", "agnostic_kinds"):
+            bad = [k for k in getattr(cfg, key) if k not in INPUT_KINDS]
+            if bad:
+                raise InputError(f"head.{key}={list(getattr(cfg, key))!r}: {bad[0]!r} is not an input kind; use any "
+                                 f"of {', '.join(INPUT_KINDS)}")
         tf.check_metric(cfg.prior_metric, cfg.prior_shrinkage, cfg.prior_mahalanobis_scale, "head.prior_")
         # What the training-free prior needs from the backbone (new_head fills them; saved with the weights):
         # text logit scale, text background level (-bias/scale for SigLIP models, where prior_has_level is 1;
@@ -199,7 +204,8 @@ class SegHead(nn.Module):
         self.register_buffer("prior_bg_text", torch.zeros(prior_bg_prompts, embed_dim))  # M x D
         support_dim = tap_dim * num_taps + embed_dim
         self.fusion = CrossAttentionFusion(support_dim, embed_dim, support_dim, cfg.dim, cfg.heads, cfg.layers)
-        self.sim_channels = 1 + 3 * (num_taps + 1) + 2  # text, (fg, bg, max-corr) per level, 2 availability flags
+        # text, (fg, bg, max-corr) per level, 2 availability flags, the prior's log-odds
+        self.sim_channels = 1 + 3 * (num_taps + 1) + 2 + int(cfg.prior_input)
         self.decoder = Decoder(cfg.dim, self.sim_channels, tap_dim, num_taps, cfg.hidden)
         self.text_scale = nn.Parameter(torch.tensor(10.0))
         if cfg.residual_prior:  # zero-initialised last layer: an untrained head predicts the training-free log-odds
@@ -294,15 +300,22 @@ class SegHead(nn.Module):
                 taps.append(q.taps)
                 rgb.append(q.rgb)
         h, w = queries[0].z.shape[-2:]
+        n = len(specs)
         fused = self.fusion(torch.stack(qtok), keys)  # P x hw x d
         fused = fused.transpose(1, 2).reshape(len(keys), -1, h, w)
         tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
-        out = self.decoder(fused, torch.stack(sims), tap_stacks, torch.stack(rgb))  # P x 1 x 4h x 4w
-        out = out.view(len(queries), len(specs), *out.shape[-2:])
-        answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=out.device)
+        raw = torch.tensor([input_kind(s) not in self.cfg.agnostic_kinds for s in specs] * len(queries),
+                           device=fused.device)  # pairs (query-major) that read raw features; the class-agnostic
+        # others read only similarity maps, the prior and the RGB stem
+        answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=fused.device)
+        if prior is None and (self.cfg.residual_prior or self.cfg.prior_input or not bool(answered.all())):
+            prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
+        sims = torch.stack(sims)
+        if self.cfg.prior_input:  # log-odds squashed to a conv-friendly range
+            sims = torch.cat([sims, torch.tanh(prior.reshape(-1, 1, h, w).to(sims.dtype) / 4)], 1)
+        out = self.decoder(fused, sims, tap_stacks, torch.stack(rgb), None if bool(raw.all()) else raw)
+        out = out.view(len(queries), n, *out.shape[-2:])
         if self.cfg.residual_prior or not bool(answered.all()):
-            if prior is None:
-                prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
             prior = F.interpolate(prior.to(out.dtype), size=out.shape[-2:], mode="bilinear", align_corners=False)
             if self.cfg.residual_prior:
                 out = out + prior
@@ -601,6 +614,8 @@ def load_head(path: str | Path, backbone: FrozenBackbone) -> tuple[SegHead, str]
     cfg.setdefault("prior_shot_pooling", "max")  # ... or average the shots' prototypes
     cfg.setdefault("prior_cell_norm", False)  # ... or average normalised cells
     cfg.setdefault("prior_metric", "cosine")  # ... or compare cells by Mahalanobis distance
+    cfg.setdefault("prior_input", False)  # ... or read the prior as an input
+    cfg.setdefault("agnostic_kinds", [])  # ... or see some input kinds only through similarity maps
     head = new_head(backbone, HeadConfig(**cfg))  # the prior's buffers come from the backbone ...
     try:
         missing, unexpected = head.load_state_dict(state, strict=False)  # ... unless the file has them

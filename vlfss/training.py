@@ -116,6 +116,9 @@ class ValConfig:
 
     episodes: int = 60  # episodes per validation (the same ones every time); 0 disables validation
     shots: int = 1  # supports per class in the example modes
+    more_shots: list[int] = field(default_factory=list)  # also validate the example modes with these many supports
+    # (keys "shots@5", "text+shots@5"); with fallback_to_training_free a kind stays with the head only if it wins
+    # at every validated shot count
     modes: list[str] = field(default_factory=lambda: list(KINDS))  # any of text, shots, text+shots
     seed: int = 0  # seeds the validation episodes
 
@@ -193,6 +196,7 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     need(0 < au.scale_min <= au.scale_max, "augment.scale_min", "need 0 < scale_min <= scale_max")
     need(cfg.val.episodes >= 0, "val.episodes", f"must be >= 0, got {cfg.val.episodes}")
     need(cfg.val.shots >= 1, "val.shots", f"must be >= 1, got {cfg.val.shots}")
+    need(all(k >= 1 for k in cfg.val.more_shots), "val.more_shots", f"must be >= 1, got {cfg.val.more_shots}")
     bad = [m for m in cfg.val.modes if m not in KINDS]
     need(not bad, "val.modes", f"unknown mode(s) {bad}; use {list(KINDS)}")
     need(cfg.keep_best or not cfg.fallback_to_training_free, "fallback_to_training_free",
@@ -443,11 +447,13 @@ def predict_labels(head: SegHead, query: Encoded, specs: list[ClassSpec]) -> Ten
 @torch.no_grad()
 def validate(segmenter: Segmenter, sampler: EpisodeSampler, episodes: Sequence[int] | None = None,
              modes: Sequence[str] = KINDS, head: SegHead | None = None, prompt: nn.Module | None = None,
-             ctx=None, variant: str | None = None) -> dict[str, dict[str, float]]:
+             ctx=None, variant: str | None = None, shots: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
     """mIoU and FB-IoU (FSSMeter) of ``head`` (default ``segmenter.head``) per mode on ``episodes`` of ``sampler``.
 
-    Modes: ``text`` (zero-shot), ``shots`` (the sampler's K examples), ``text+shots``. Under torch.distributed
-    (``ctx``) each rank scores ``shard(n, rank, world)`` and the counts are all-reduced.
+    Modes: ``text`` (zero-shot), ``shots`` (K examples), ``text+shots``. ``shots`` lists the K to score the
+    example modes at (default: the sampler's k_shot); the first K's keys are the plain mode names, the others'
+    ``"<mode>@<K>"``. Under torch.distributed (``ctx``) each rank scores ``shard(n, rank, world)`` and the counts
+    are all-reduced.
     """
     from .metrics import FSSMeter
 
@@ -459,25 +465,25 @@ def validate(segmenter: Segmenter, sampler: EpisodeSampler, episodes: Sequence[i
     idx = list(range(len(sampler)) if episodes is None else episodes)
     if ctx is not None and ctx.distributed:
         idx = [idx[i] for i in shard(len(idx), ctx.rank, ctx.world)]
+    shots = list(shots or [sampler.k_shot])
+    runs = [(m, 0 if m == "text" else k, m if m == "text" or j == 0 else f"{m}@{k}")
+            for j, k in enumerate(shots) for m in modes if m != "text" or j == 0]  # (mode, K, key)
     emb = prompt() if prompt is not None else None
-    meters = {m: FSSMeter(sampler.dataset.num_classes) for m in modes}
+    meters = {key: FSSMeter(sampler.dataset.num_classes) for _, _, key in runs}
     was_training = head.training
     head.eval()
     for i in idx:
         spec = sampler.spec(i)
-        for mode in modes:
-            s = spec.with_shots(0) if mode == "text" else spec
-            ep = sampler.episode(s)
-            use_text = mode != "shots"
-            p = prepare_episode(segmenter, ep, use_text, variant, device, learned_text=emb is not None)
-            specs = specs_with_text(p, emb)
-            pred = predict_labels(head, p.query, specs)
-            meters[mode].update(pred.cpu(), torch.from_numpy(ep.query_mask), ep.class_ids, episode=i)
+        for mode, k, key in runs:
+            ep = sampler.episode(spec.with_shots(k))
+            p = prepare_episode(segmenter, ep, mode != "shots", variant, device, learned_text=emb is not None)
+            pred = predict_labels(head, p.query, specs_with_text(p, emb))
+            meters[key].update(pred.cpu(), torch.from_numpy(ep.query_mask), ep.class_ids, episode=i)
     head.train(was_training)
     out = {}
-    for mode, meter in meters.items():
+    for key, meter in meters.items():
         m = meter.all_reduce() if ctx is not None and ctx.distributed else meter
-        out[mode] = {"miou": m.miou(), "fb_iou": m.fb_iou()}
+        out[key] = {"miou": m.miou(), "fb_iou": m.fb_iou()}
     return out
 
 
@@ -494,7 +500,8 @@ def _build_data(cfg: TrainConfig):
     val = None
     if cfg.val.episodes > 0:
         vb = build_benchmark(d.benchmark, d.data_root, d.val_split, d.fold, **{**d.options, **d.val_options})
-        val = EpisodeSampler(vb.dataset, vb.novel_classes(), n_way=1, k_shot=cfg.val.shots, seed=cfg.val.seed,
+        val = EpisodeSampler(vb.dataset, vb.novel_classes(), n_way=1, seed=cfg.val.seed,
+                             k_shot=max([cfg.val.shots, *cfg.val.more_shots]),
                              num_episodes=cfg.val.episodes)
     return train, classes, samplers, val
 
@@ -714,6 +721,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
             model = DDP(run.module, device_ids=dev_ids, find_unused_parameters=True)
         meta = {"backbone": run.seg.backbone.model_id, "variant": run.variant, "config": to_dict(cfg)}
         val_modes = [m for m in cfg.val.modes if run.seg.backbone.has_text or m == "shots"]
+        val_shots = list(dict.fromkeys([cfg.val.shots, *cfg.val.more_shots]))
         logger = _Logger(out, dctx.is_main, cfg.tensorboard, append=start > 0)  # a fresh start starts a fresh log
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", unit="step",
                    disable=not (cfg.progress and dctx.is_main))
@@ -721,7 +729,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
         best = _load_best(out, run, dctx) if cfg.keep_best and start > 0 else None
         if cfg.keep_best and run.val is not None and start == 0:  # the untrained head is a candidate too: with
             last_val = validate(run.seg, run.val, None, val_modes, run.module.head, run.module.prompt,  # the
-                                dctx, run.variant)  # residual prior it is the training-free model itself
+                                dctx, run.variant, val_shots)  # residual prior it is the training-free model
             logger.write({"step": 0, "val": last_val})
             best = _update_best(best, run, out, 0, last_val, dctx.is_main)
             if dctx.is_main:  # the training-free scores, kept for fallback_to_training_free (and for resumes)
@@ -745,7 +753,7 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
                     recent = []
                 if run.val is not None and (done % cfg.epoch_steps == 0 or done == cfg.steps):
                     last_val = validate(run.seg, run.val, None, val_modes, run.module.head, run.module.prompt,
-                                        dctx, run.variant)
+                                        dctx, run.variant, val_shots)
                     logger.write({"step": done, "val": last_val})
                     log.info("step %d validation (novel classes): %s", done, _fmt_val(last_val))
                     if cfg.keep_best:  # every rank sees the same (all-reduced) scores and keeps the same copy
@@ -785,11 +793,12 @@ def fit(cfg: TrainConfig, resume: bool = False, overwrite: bool = False,
 
 
 def fallback_kinds(trained: dict[str, dict[str, float]], free: dict[str, dict[str, float]] | None) -> list[str]:
-    """Input kinds the trained head should answer: those it beat the training-free model on (validation mIoU);
-    kinds without both scores stay with the head (no evidence against it)."""
+    """Input kinds the trained head should answer: those it beat the training-free model on (validation mIoU) at
+    every validated shot count (keys ``kind`` and ``kind@K``); a key without both scores is no evidence either way."""
     free = free or {}
-    return [k for k in KINDS
-            if k not in trained or k not in free or trained[k]["miou"] > free[k]["miou"]]
+    lost = {key.split("@")[0] for key in trained
+            if key in free and trained[key]["miou"] <= free[key]["miou"]}
+    return [k for k in KINDS if k not in lost]
 
 
 def _read_json(path: Path) -> Any:
