@@ -4,8 +4,9 @@ Fold i's head is trained on the other folds' 15 classes (configs/synthetic/fold{
 ``<assets>/head-<model>-fold{i}.safetensors``, so evaluation on fold i scores classes the head never saw;
 the demo head is trained on all 20 classes (configs/synthetic/all.yaml) -> ``<assets>/head-<model>.safetensors``,
 the file ``Segmenter`` loads by default in learned mode. The configs' step budget (1000 steps of 4 episodes on
-1000 images, each with one augmented view) is sized for 5-8 minutes per head on 2 CPU cores with the 96 px tiny
-CLIP: measured 7.1 min for fold 0 (about 1 min encoding 1832 views once, 6 min of steps and validation).
+1000 images, each with one augmented view) is sized for minutes per head on 2 CPU cores with the 96 px tiny
+CLIP: measured 4.2-4.3 min per fold head with two heads training side by side, one thread each (the fold heads
+validate 9 times, at 1 and 5 shots).
 
     python eval/train_heads.py                           # folds 0-3 and the demo head
     python eval/train_heads.py --only 2 all --resume     # some of them, continuing interrupted runs

@@ -279,6 +279,11 @@ def test_agnostic_kinds_reach_the_decoder_only_through_similarity_maps(tiny_back
     assert grads([None], [[(s, sm)]]) == []  # examples only: class-agnostic
     assert grads(["a cat"], [[(s, sm)]]) != []  # text+examples: raw features too
     assert head.decoder.stage1[0][0].weight.grad.abs().sum() > 0  # the decoder itself still learns
+    with torch.no_grad():  # the fusion runs for the raw pairs only; each class's answer is its own
+        both = head([query], seg.build_specs(["a cat", None], [[], [(s, sm)]], seg.head_variant))[0]
+        alone = [head([query], seg.build_specs(t, sup, seg.head_variant))[0, 0]
+                 for t, sup in ((["a cat"], None), ([None], [[(s, sm)]]))]
+    assert all(torch.allclose(both[i], alone[i], atol=1e-4) for i in range(2))
     with pytest.raises(InputError, match="head.agnostic_kinds"):
         new_head(tiny_backbone, HeadConfig(agnostic_kinds=["pixels"]))
 

@@ -24,8 +24,8 @@ def test_train_heads_script_on_the_test_model(tiny_clip_name, tiny_clip_weights,
             "segmenter.templates=plain", "segmenter.head.dim=32", "segmenter.head.hidden=32",
             f"data.data_root={synth_root}", f"data.options={{image_size: {SIZE}}}",
             "data.train_options={n_images: 100}", "data.val_options={n_images: 60}", "episodes.max_shots=2",
-            "steps=2", "batch_episodes=2", "val.episodes=2", "val.modes=[shots]", "val.more_shots=[2]", "augment.views=0",
-            "progress=false", "warmup=1"]
+            "steps=2", "batch_episodes=2", "val.episodes=2", "val.modes=[shots]", "val.more_shots=[2]",
+            "augment.views=0", "progress=false", "warmup=1"]
     assets = tmp_path / "assets"
     rc = mod.main(["--only", "1", "all", "--assets", str(assets), "--runs", str(tmp_path / "runs"), "--set", *sets])
     assert rc == 0

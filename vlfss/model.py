@@ -85,9 +85,9 @@ class HeadConfig:
     prior_shrinkage: float = 0.9  # the prior's training_free.shrinkage
     prior_mahalanobis_scale: float = 0.1  # the prior's training_free.mahalanobis_scale
     prior_input: bool = True  # the decoder also reads the prior's log-odds, so its correction can depend on them
-    agnostic_kinds: list[str] = field(default_factory=lambda: ["shots", "text+shots"])  # input kinds the head sees only through
-    # similarity maps and the prior (no raw features: the fused tokens and encoder skips are zero for them), so what
-    # it learns on base classes is class-agnostic and carries over to novel ones, as in HSNet / PFENet
+    agnostic_kinds: list[str] = field(default_factory=lambda: ["shots", "text+shots"])  # input kinds the head
+    # sees only through similarity maps and the prior (no raw features: the fused tokens and encoder skips are zero
+    # for them), so what it learns on base classes is class-agnostic and carries over to novel ones (HSNet, PFENet)
 
 
 @dataclass
@@ -301,13 +301,17 @@ class SegHead(nn.Module):
                 rgb.append(q.rgb)
         h, w = queries[0].z.shape[-2:]
         n = len(specs)
-        fused = self.fusion(torch.stack(qtok), keys)  # P x hw x d
-        fused = fused.transpose(1, 2).reshape(len(keys), -1, h, w)
-        tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
+        device = queries[0].z.device
         raw = torch.tensor([input_kind(s) not in self.cfg.agnostic_kinds for s in specs] * len(queries),
-                           device=fused.device)  # pairs (query-major) that read raw features; the class-agnostic
-        # others read only similarity maps, the prior and the RGB stem
-        answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=fused.device)
+                           device=device)  # pairs (query-major) that read raw features; the class-agnostic
+        # others read only similarity maps, the prior and the RGB stem, so the fusion runs for the raw ones only
+        fused = qtok[0].new_zeros(len(keys), self.fusion.dim, h, w)
+        rows = [i for i, r in enumerate(raw.tolist()) if r]
+        if rows:
+            f = self.fusion(torch.stack([qtok[i] for i in rows]), [keys[i] for i in rows])  # R x hw x d
+            fused[rows] = f.transpose(1, 2).reshape(len(rows), -1, h, w)
+        tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
+        answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=device)
         if prior is None and (self.cfg.residual_prior or self.cfg.prior_input or not bool(answered.all())):
             prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
         sims = torch.stack(sims)
