@@ -234,8 +234,9 @@ class SegHead(nn.Module):
     def _levels(e: Encoded) -> list[Tensor]:
         return [*e.taps, e.z]  # per level C_l x h x w
 
-    def pair_inputs(self, query: Encoded, spec: ClassSpec, negatives: list[tuple[Encoded, Tensor]]):
-        """Similarity channels (S x h x w) and fusion keys (L x d) for one (query, class) pair."""
+    def pair_inputs(self, query: Encoded, spec: ClassSpec, negatives: list[tuple[Encoded, Tensor]],
+                    with_keys: bool = True):
+        """Similarity channels (S x h x w) and fusion keys (L x d; None unless ``with_keys``) for one pair."""
         q_levels = self._levels(query)
         h, w = q_levels[0].shape[-2:]
         sims = []
@@ -262,6 +263,7 @@ class SegHead(nn.Module):
                 else:
                     corr = ql.new_zeros(1, h, w)
                 sims.append(corr)
+        if spec.supports and with_keys:  # prototypes and cells over all levels, for the fusion's keys
             flat = [torch.cat([lv for lv in self._levels(e)], 0) for e, _ in spec.supports]  # S x h x w each
             masks = torch.stack([m for _, m in spec.supports])
             feats = torch.stack(flat)
@@ -278,11 +280,11 @@ class SegHead(nn.Module):
                 nm = torch.stack([m for _, m in negatives])
                 nfg, _ = fn.mask_weights(nm, tuple(nf.shape[-2:]))
                 neg = fn.masked_average_pool(nf, nfg)
-        else:
+        if not spec.supports:
             sims.extend([q_levels[0].new_zeros(1, h, w)] * (3 * len(q_levels)))
         flags = torch.stack([torch.full((h, w), float(spec.text is not None)),
                              torch.full((h, w), float(bool(spec.supports)))]).to(sims[0])
-        keys = self.fusion.build_keys(spec.text, fg_proto, bg_proto, cells, neg)
+        keys = self.fusion.build_keys(spec.text, fg_proto, bg_proto, cells, neg) if with_keys else None
         return torch.cat(sims + [flags], 0), keys
 
     def forward(self, queries: list[Encoded], specs: list[ClassSpec],
@@ -290,10 +292,11 @@ class SegHead(nn.Module):
         """Foreground log-odds B x N x h4 x w4 for all queries (same encoder size) and classes. ``prior``
         (B x N x h x w): ``self.prior`` of the queries when the caller has it already."""
         sims, keys, qtok, taps, rgb = [], [], [], [], []
+        reads_raw = [input_kind(s) not in self.cfg.agnostic_kinds for s in specs]
         for q in queries:
             qcat = torch.cat(self._levels(q), 0)  # S x h x w
-            for spec in specs:
-                s, k = self.pair_inputs(q, spec, negatives or [])
+            for spec, r in zip(specs, reads_raw):
+                s, k = self.pair_inputs(q, spec, negatives or [], with_keys=r)
                 sims.append(s)
                 keys.append(k)
                 qtok.append(qcat.flatten(1).T)
@@ -302,9 +305,9 @@ class SegHead(nn.Module):
         h, w = queries[0].z.shape[-2:]
         n = len(specs)
         device = queries[0].z.device
-        raw = torch.tensor([input_kind(s) not in self.cfg.agnostic_kinds for s in specs] * len(queries),
-                           device=device)  # pairs (query-major) that read raw features; the class-agnostic
-        # others read only similarity maps, the prior and the RGB stem, so the fusion runs for the raw ones only
+        # pairs (query-major) that read raw features (fusion tokens, encoder skips); the class-agnostic others read
+        # only similarity maps, the prior and the RGB stem, so the fusion runs for the raw ones only
+        raw = torch.tensor(reads_raw * len(queries), device=device)
         fused = qtok[0].new_zeros(len(keys), self.fusion.dim, h, w)
         rows = [i for i, r in enumerate(raw.tolist()) if r]
         if rows:
