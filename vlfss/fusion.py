@@ -3,6 +3,8 @@
 Keys per (query, class) pair are a variable-length set: [null, text?, fg prototype?, bg prototype?,
 support foreground cells...]. Missing inputs (zero-shot has no supports, examples-only has no text)
 simply contribute no keys; the learned null token keeps the set non-empty. Padding is masked out.
+Classes of the kinds in ``HeadConfig.agnostic_kinds`` (by default those given with examples) do not reach it:
+the head reads them through similarity maps only.
 """
 
 from __future__ import annotations
