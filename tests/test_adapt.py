@@ -79,3 +79,20 @@ def test_nothing_to_adapt_on_and_errors(seg, tiny_backbone, rng):
         adapt_head(seg, specs, [], steps=-1)
     with torch.no_grad():
         assert np.isfinite(float(support_loss(seg.head, seg.build_specs(None, [[blob_scene(rng)]], seg.head_variant))))
+
+
+def test_adaptation_computes_each_pseudo_episode_prior_once(seg, rng):
+    """The prior depends on features, not on the weights being adapted: 6 steps on 3 pseudo-episodes compute
+    3 priors, and the loss with them equals the loss computing them afresh."""
+    from vlfss.adapt import support_priors
+
+    specs = seg.build_specs(["a thing"], [[blob_scene(rng, 40, 40) for _ in range(3)]], seg.head_variant)
+    calls = []
+    real = seg.head.prior
+    seg.head.prior = lambda *a: calls.append(1) or real(*a)  # type: ignore[method-assign]
+    adapt_head(seg, specs, [], steps=6, lr=3e-3)  # the copy keeps the patched bound method's counter
+    seg.head.prior = real  # type: ignore[method-assign]
+    assert len(calls) == 3
+    with torch.no_grad():
+        priors = support_priors(seg.head, specs)
+        assert torch.allclose(support_loss(seg.head, specs, priors=priors), support_loss(seg.head, specs))

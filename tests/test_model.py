@@ -62,6 +62,28 @@ def test_support_encoded_once_across_queries(seg, rng):
     assert seg.image_encodes - before == 4  # all cached now
 
 
+def test_support_side_scored_once_per_request_for_many_queries(tiny_backbone, rng, monkeypatch):
+    """Segmenting several images against the same supports computes the supports' covariance, prototypes and
+    text fits once, in training-free and in learned mode, and gives the same answers as one image at a time."""
+    from vlfss import training_free as tf
+
+    s, sm = blob_scene(rng)
+    queries = [blob_scene(rng)[0] for _ in range(3)]
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    torch.nn.init.normal_(head.decoder.head.weight)
+    real = tf.support_state
+    calls: list[str] = []
+    for mode in ("training-free", "learned"):
+        seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", mode=mode), head)
+        monkeypatch.setattr(tf, "support_state", lambda *a: calls.append(mode) or real(*a))  # noqa: B023
+        many = seg.segment(queries, texts=["a cat"], supports=[(s, sm)])
+        assert calls.count(mode) == 1, mode
+        monkeypatch.setattr(tf, "support_state", real)
+        for q, out in zip(queries, many):
+            assert torch.allclose(out.logits, seg.segment(q, texts=["a cat"], supports=[(s, sm)]).logits, atol=1e-5)
+
+
 def test_one_shot_finds_the_support_object_on_identical_image(seg, rng):
     img, mask = blob_scene(rng, 64, 64)
     out = seg.segment(img, supports=[(img, mask)])

@@ -43,15 +43,27 @@ def support_pseudo_episodes(specs: list[ClassSpec]) -> list[tuple[Encoded, Tenso
     return out
 
 
+def support_priors(head: SegHead, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]] | None = None
+                   ) -> list[Tensor | None]:
+    """The head's training-free prior (1 x 1 x h x w) for each support pseudo-episode, or None where the head does
+    not use one. The prior depends on the features and the head's recorded settings, not on its weights, so an
+    adaptation loop computes it once and passes it to every step's ``support_loss``."""
+    with torch.no_grad():
+        return [head.prior(q, [spec], negatives or [])[None] if head.uses_prior([spec]) else None
+                for q, _, spec in support_pseudo_episodes(specs)]
+
+
 def support_loss(head: SegHead, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]] | None = None,
-                 dice_weight: float = 1.0) -> Tensor | None:
-    """Mean BCE + dice of the head on the support pseudo-episodes; None when no class has supports."""
+                 dice_weight: float = 1.0, priors: list[Tensor | None] | None = None) -> Tensor | None:
+    """Mean BCE + dice of the head on the support pseudo-episodes; None when no class has supports.
+    ``priors``: ``support_priors(head, specs, negatives)``, when the loss is taken more than once."""
     episodes = support_pseudo_episodes(specs)
     if not episodes:
         return None
+    priors = priors if priors is not None else [None] * len(episodes)
     losses = []
-    for query, mask, spec in episodes:
-        fg = head([query], [spec], negatives or [])[:, 0]  # 1 x 4h x 4w
+    for (query, mask, spec), prior in zip(episodes, priors, strict=True):
+        fg = head([query], [spec], negatives or [], prior)[:, 0]  # 1 x 4h x 4w
         fg = F.interpolate(fg.unsqueeze(1), size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
         losses.append(fn.bce_dice_loss(fg, mask.unsqueeze(0).to(fg.device).long(), dice_weight))
     return torch.stack(losses).mean()
@@ -77,9 +89,10 @@ def adapt_head(segmenter, specs: list[ClassSpec], negatives: list[tuple[Encoded,
         return head
     head.train()
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    priors = support_priors(head, specs, negatives)  # the same for every step
     with torch.enable_grad():
         for step in range(steps):
-            loss = support_loss(head, specs, negatives)
+            loss = support_loss(head, specs, negatives, priors=priors)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

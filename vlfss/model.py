@@ -216,19 +216,33 @@ class SegHead(nn.Module):
         return {"tap_dim": self.tap_dim, "num_taps": self.num_taps, "embed_dim": self.embed_dim,
                 "head": asdict(self.cfg), "prior_bg_prompts": int(self.prior_bg_text.shape[0])}
 
-    def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> Tensor:
-        """The training-free log-odds N x h x w that the decoder's output corrects (default TrainingFreeConfig but
-        for the prototype features, shot pooling, cell normalisation and metric the head was trained with, recorded
-        in its config)."""
+    def prior_config(self) -> TrainingFreeConfig:
+        """The training-free settings of the prior: defaults but for the prototype features, shot pooling, cell
+        normalisation and metric the head was trained with, recorded in its config."""
+        return TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z",
+                                  shot_pooling=self.cfg.prior_shot_pooling, cell_norm=self.cfg.prior_cell_norm,
+                                  metric=self.cfg.prior_metric, shrinkage=self.cfg.prior_shrinkage,
+                                  mahalanobis_scale=self.cfg.prior_mahalanobis_scale)
+
+    def uses_prior(self, specs: list[ClassSpec]) -> bool:
+        """Whether ``forward`` needs the training-free prior for these classes (as residual base, decoder input or
+        the answer to a kind the head declines)."""
+        return (self.cfg.residual_prior or self.cfg.prior_input
+                or any(input_kind(s) not in self.cfg.use_for for s in specs))
+
+    def prior_state(self, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> tf.SupportState:
+        """The prior's support-side work (covariance, prototypes, text fits), to share over query images."""
+        return tf.support_state(specs, negatives, self.prior_config())
+
+    def prior(self, query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+              state: tf.SupportState | None = None) -> Tensor:
+        """The training-free log-odds N x h x w that the decoder's output corrects (``prior_config``); ``state``:
+        ``prior_state(specs, negatives)`` when the caller has it."""
         level = float(self.prior_level) if float(self.prior_has_level) else None
         bg = self.prior_bg_text if len(self.prior_bg_text) else None
         text_bg = tf.text_background(query.z.unsqueeze(0), level, bg, None)
-        cfg = TrainingFreeConfig(proto_features=self.cfg.prior_proto_features or "z",
-                                 shot_pooling=self.cfg.prior_shot_pooling, cell_norm=self.cfg.prior_cell_norm,
-                                 metric=self.cfg.prior_metric, shrinkage=self.cfg.prior_shrinkage,
-                                 mahalanobis_scale=self.cfg.prior_mahalanobis_scale)
-        return tf.training_free_logits(query, specs, negatives, cfg, float(self.prior_scale),
-                                       text_bg)
+        return tf.training_free_logits(query, specs, negatives, self.prior_config(), float(self.prior_scale),
+                                       text_bg, state)
 
     @staticmethod
     def _levels(e: Encoded) -> list[Tensor]:
@@ -315,8 +329,9 @@ class SegHead(nn.Module):
             fused[rows] = f.transpose(1, 2).reshape(len(rows), -1, h, w)
         tap_stacks = [torch.stack([t[i] for t in taps]) for i in range(self.num_taps)]
         answered = torch.tensor([input_kind(s) in self.cfg.use_for for s in specs], device=device)
-        if prior is None and (self.cfg.residual_prior or self.cfg.prior_input or not bool(answered.all())):
-            prior = torch.stack([self.prior(q, specs, negatives or []) for q in queries])  # B x N x h x w
+        if prior is None and self.uses_prior(specs):
+            state = self.prior_state(specs, negatives or [])  # once for all the queries
+            prior = torch.stack([self.prior(q, specs, negatives or [], state) for q in queries])  # B x N x h x w
         sims = torch.stack(sims)
         if self.cfg.prior_input:  # log-odds squashed to a conv-friendly range
             sims = torch.cat([sims, torch.tanh(prior.reshape(-1, 1, h, w).to(sims.dtype) / 4)], 1)
@@ -516,12 +531,14 @@ class Segmenter(nn.Module):
 
     # ---------------------------------------------------------------------------------- scoring
     def training_free_logits(self, query: Encoded, specs: list[ClassSpec],
-                             negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None) -> Tensor:
-        """Per-class foreground log-odds N x h x w: text on Z, prototypes on ``training_free.proto_features``."""
+                             negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None,
+                             state: tf.SupportState | None = None) -> Tensor:
+        """Per-class foreground log-odds N x h x w: text on Z, prototypes on ``training_free.proto_features``.
+        ``state``: ``tf.support_state(specs, negatives, self.cfg.training_free)``, shared over query images."""
         cfg = self.cfg.training_free
         scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
         return tf.training_free_logits(query, specs, negatives, cfg, scale,
-                                       self._text_background(query.z.unsqueeze(0), neg_text))
+                                       self._text_background(query.z.unsqueeze(0), neg_text), state)
 
     def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
         """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""
@@ -567,15 +584,21 @@ class Segmenter(nn.Module):
             head = adapt_head(self, specs, negs, steps=adapt_steps)
         outs = []
         declined = [i for i, s in enumerate(specs) if mode == "learned" and input_kind(s) not in head.cfg.use_for]
+        with_prior = mode == "learned" and head.uses_prior(specs)
+        with torch.no_grad():  # the supports' side of the scoring, once for all the query images
+            if mode != "learned":
+                state = tf.support_state(specs, negs, self.cfg.training_free)
+            elif with_prior:
+                state = head.prior_state(specs, negs)
         for q in queries:
             with torch.no_grad():
-                if mode == "learned":
-                    prior = head.prior(q, specs, negs) if declined else None  # computed once, used twice
+                if mode == "learned":  # the prior once per query, for the head and for the kinds it declines
+                    prior = head.prior(q, specs, negs, state) if with_prior else None
                     fg = up(head([q], specs, negs, None if prior is None else prior[None])[0], q.size)
                     if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
                         fg[declined] = up(prior, q.size)[declined]  # as training-free mode does
                 else:
-                    fg = up(self.training_free_logits(q, specs, negs, neg_text), q.size)
+                    fg = up(self.training_free_logits(q, specs, negs, neg_text, state), q.size)
             outs.append(make_output(fn.nway_logits(fg.unsqueeze(0))[0], [s.name for s in specs]))
         return outs[0] if single else outs
 

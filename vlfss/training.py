@@ -409,7 +409,7 @@ def fomaml_backward(module: TrainModule, batch: list[Prepared], inner_steps: int
     The inner loop changes only the copy; the backbone and the prompt context are never updated there.
     Returns the mean query loss.
     """
-    from .adapt import support_loss
+    from .adapt import support_loss, support_priors
 
     emb = module.text_table(batch)
     fasts, losses = [], []
@@ -417,8 +417,9 @@ def fomaml_backward(module: TrainModule, batch: list[Prepared], inner_steps: int
         fast = copy.deepcopy(module.head)
         inner = torch.optim.SGD(fast.parameters(), lr=inner_lr)
         inner_specs = specs_with_text(p, emb.detach() if emb is not None else None)
+        priors = support_priors(fast, inner_specs) if inner_steps else None  # the same for every inner step
         for _ in range(inner_steps):
-            loss = support_loss(fast, inner_specs, None, module.dice_weight)
+            loss = support_loss(fast, inner_specs, None, module.dice_weight, priors)
             if loss is None:  # text-only episode: nothing to adapt on
                 break
             inner.zero_grad(set_to_none=True)

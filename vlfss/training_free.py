@@ -7,6 +7,7 @@ over these log-odds). Shapes: ``z`` is D x h x w (one query), text embeddings D,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,13 +37,14 @@ def text_background(z: Tensor, level: float | None, bg_text: Tensor | None, neg_
     return out
 
 
-def support_calibrated_text(s: Tensor, spec: ClassSpec, l2: float) -> Tensor | None:
-    """Text evidence for the query (h x w log-likelihood ratio), calibrated on the class's own supports.
+def fit_support_text(spec: ClassSpec, l2: float) -> tuple[float, float] | None:
+    """(a, c) such that ``a * cos(z, t) + c`` is the text evidence for a query, calibrated on the class's own
+    supports.
 
-    A 1-D logistic fit of the supports' cell labels on their text cosine gives ``a * cos + b``; minus the
-    supports' prior log-odds, that is what the text adds to the prototype log-odds. Text the encoder does
-    not align with the supports' masks gets ``a`` near 0 and adds nothing, instead of dragging the fused
-    prediction with an uncalibrated threshold. None when the supports lack foreground or background.
+    A 1-D logistic fit of the supports' cell labels on their text cosine gives ``a * cos + b``; ``c`` is ``b``
+    minus the supports' prior log-odds, so the result is what the text adds to the prototype log-odds. Text the
+    encoder does not align with the supports' masks gets ``a`` near 0 and adds nothing, instead of dragging the
+    fused prediction with an uncalibrated threshold. None when the supports lack foreground or background.
     """
     text = spec.text.unsqueeze(0)  # type: ignore[union-attr]
     cos, fgw, bgw = [], [], []
@@ -57,7 +59,7 @@ def support_calibrated_text(s: Tensor, spec: ClassSpec, l2: float) -> Tensor | N
         return None
     a, b = fn.fit_logistic_1d(torch.cat([c.flatten() for c in cos]), torch.cat([f.flatten() for f in fgw]),
                               torch.cat([g.flatten() for g in bgw]), l2=l2)
-    return a * s + (b - math.log(fg_sum / bg_sum))
+    return float(a), float(b - math.log(fg_sum / bg_sum))
 
 
 def check_proto_features(name: str, num_taps: int) -> None:
@@ -119,32 +121,28 @@ def proto_features(e: Encoded, name: str | None, cell_norm: bool = False) -> Ten
     return F.normalize(f, dim=0) if cell_norm else f
 
 
-def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
-                         cfg: TrainingFreeConfig, text_scale: float, text_bg: Tensor | float) -> Tensor:
-    """Per-class foreground log-odds N x h x w for one encoded query.
+@dataclass
+class SupportState:
+    """What training-free scoring takes from the supports and negatives alone: computed once per request and
+    reused for every query image (the covariance, its inverse, the prototypes and the text fits)."""
 
-    Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
-    ``support_calibrated_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T``, or with
-    ``cfg.metric="mahalanobis"`` the difference of linear discriminant scores under ``support_precision`` times
-    ``cfg.mahalanobis_scale``, on the features ``cfg.proto_features`` names (cells L2-normalised first with
-    ``cfg.cell_norm``), with background evidence from every class's support background and the negatives'
-    foreground. The shots' foreground prototypes are
-    averaged (``cfg.shot_pooling="mean"``) or each query cell takes its best-matching shot (``"max"``);
-    background keeps every support's own prototype (max), since backgrounds differ from image to image.
-    """
-    zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
-    fq = proto_features(query, cfg.proto_features, cfg.cell_norm).unsqueeze(0)  # 1 x C x h x w: prototype side
+    precision: Tensor | None  # C x C shrunk inverse covariance (mahalanobis), None for cosine or without supports
+    center: Tensor | None  # C, the mean support cell the discriminant scores are centred on
+    bg_protos: Tensor | None  # M x C background prototypes of every support and the negatives' foregrounds
+    fg_protos: list[Tensor | None]  # per class: its foreground prototype(s), None without supports
+    text_fits: list[tuple[float, float] | None]  # per class: (a, c) of the support-calibrated text, if any
+
+
+def support_state(specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+                  cfg: TrainingFreeConfig) -> SupportState:
+    """The query-independent half of ``training_free_logits``."""
     sup_feats = [[proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in spec.supports] for spec in specs]
     neg_feats = [proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in negatives]
     precision = center = None
     if cfg.metric == "mahalanobis" and any(sup_feats):  # text alone needs no prototype metric
         precision, center = support_precision([f for fs in sup_feats for f in fs],
-                                      [m for spec in specs for _, m in spec.supports],
-                                      neg_feats, [m for _, m in negatives], cfg.shrinkage)
-
-    def score(protos: Tensor) -> Tensor:  # 1 x M x h x w similarity of the query cells to prototypes
-        return fn.cosine_map(fq, protos) if precision is None else fn.discriminant_map(fq, protos, precision, center)
-
+                                              [m for spec in specs for _, m in spec.supports],
+                                              neg_feats, [m for _, m in negatives], cfg.shrinkage)
     bg_protos = []
     for spec, fs in zip(specs, sup_feats):
         for f, (_, m) in zip(fs, spec.supports):
@@ -155,18 +153,10 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
                 bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[1])
     for f, (_, m) in zip(neg_feats, negatives):
         bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[0])
-    bg_map = score(torch.cat(bg_protos)).max(1).values[0] if bg_protos else None
-    out = []
+    fg_protos: list[Tensor | None] = []
+    text_fits: list[tuple[float, float] | None] = []
     for spec, fs in zip(specs, sup_feats):
-        terms, weights = [], []
-        evidence = None
-        if spec.text is not None:
-            s = fn.cosine_map(zq, spec.text.unsqueeze(0))[0, 0]
-            if spec.supports and cfg.calibrate_text:
-                evidence = support_calibrated_text(s, spec, cfg.calibration_l2)
-            if evidence is None:
-                terms.append((s - text_bg) * text_scale)
-                weights.append(cfg.text_weight)
+        fg = None
         if spec.supports:
             feats = torch.stack(fs)
             masks = torch.stack([m for _, m in spec.supports])
@@ -176,10 +166,53 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
                 fg = fn.prototypes(feats, masks)[0]
                 if cfg.shot_pooling == "mean":  # one class prototype: the mean of the shots' (PANet)
                     fg = fg.mean(0, keepdim=True)
+        fg_protos.append(fg)
+        calibrate = spec.text is not None and spec.supports and cfg.calibrate_text
+        text_fits.append(fit_support_text(spec, cfg.calibration_l2) if calibrate else None)
+    return SupportState(precision, center, torch.cat(bg_protos) if bg_protos else None, fg_protos, text_fits)
+
+
+def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+                         cfg: TrainingFreeConfig, text_scale: float, text_bg: Tensor | float,
+                         state: SupportState | None = None) -> Tensor:
+    """Per-class foreground log-odds N x h x w for one encoded query.
+
+    Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
+    ``fit_support_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T``, or with
+    ``cfg.metric="mahalanobis"`` the difference of linear discriminant scores under ``support_precision`` times
+    ``cfg.mahalanobis_scale``, on the features ``cfg.proto_features`` names (cells L2-normalised first with
+    ``cfg.cell_norm``), with background evidence from every class's support background and the negatives'
+    foreground. The shots' foreground prototypes are averaged (``cfg.shot_pooling="mean"``) or each query cell
+    takes its best-matching shot (``"max"``); background keeps every support's own prototype (max), since
+    backgrounds differ from image to image. ``state``: ``support_state(specs, negatives, cfg)`` when the caller
+    scores several queries against the same supports (computed here otherwise).
+    """
+    st = state if state is not None else support_state(specs, negatives, cfg)
+    zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
+    fq = proto_features(query, cfg.proto_features, cfg.cell_norm).unsqueeze(0)  # 1 x C x h x w: prototype side
+
+    def score(protos: Tensor) -> Tensor:  # 1 x M x h x w similarity of the query cells to prototypes
+        if st.precision is None:
+            return fn.cosine_map(fq, protos)
+        return fn.discriminant_map(fq, protos, st.precision, st.center)
+
+    bg_map = score(st.bg_protos).max(1).values[0] if st.bg_protos is not None else None
+    out = []
+    for spec, fg, fit in zip(specs, st.fg_protos, st.text_fits):
+        terms, weights = [], []
+        evidence = None
+        if spec.text is not None:
+            s = fn.cosine_map(zq, spec.text.unsqueeze(0))[0, 0]
+            if fit is not None:
+                evidence = fit[0] * s + fit[1]
+            else:
+                terms.append((s - text_bg) * text_scale)
+                weights.append(cfg.text_weight)
+        if fg is not None:
             fg_map = score(fg).max(1).values[0]
             bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
             # cosine: a similarity gap over T; mahalanobis: a log-likelihood ratio, tempered
-            t = cfg.proto_temperature if precision is None else 1.0 / cfg.mahalanobis_scale
+            t = cfg.proto_temperature if st.precision is None else 1.0 / cfg.mahalanobis_scale
             terms.append(fn.foreground_logit(fg_map, bgm, t))
             weights.append(cfg.proto_weight)
         total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
