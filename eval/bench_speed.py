@@ -9,7 +9,7 @@ import argparse
 import logging
 import os
 
-from vlfss.bench import run_bench
+from vlfss.evaluation.bench import run_bench
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlfss.config import load_config  # noqa: E402
+from vlfss.data.episodes import relabel_query  # noqa: E402
 from vlfss.data.synthetic_store import synthetic_dataset  # noqa: E402
-from vlfss.episodes import relabel_query  # noqa: E402
-from vlfss.metrics import FSSMeter  # noqa: E402
-from vlfss.model import Segmenter, SegmenterConfig  # noqa: E402
-from vlfss.prompt_tuning import PromptTuneConfig, learn_prompt  # noqa: E402
+from vlfss.engine.prompt_tuning import PromptTuneConfig, learn_prompt  # noqa: E402
+from vlfss.evaluation.metrics import FSSMeter  # noqa: E402
+from vlfss.segmenter import Segmenter, SegmenterConfig  # noqa: E402
 
 
 def class_iou(seg: Segmenter, name: str, images: list[np.ndarray], labels: list[np.ndarray], c: int) -> float:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     from vlfss.errors import VlfssError
-    from vlfss.evaluation import run_eval
+    from vlfss.evaluation.harness import run_eval
     from vlfss.io_utils import atomic_write_text
 
     eval_argv = build_argv(args)

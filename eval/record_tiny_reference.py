@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from vlfss.backbones import TINY_MODEL, TINY_WEIGHTS, register_open_clip_configs
 from vlfss.data.synthetic import generate_scene
-from vlfss.pretrain import _normalise
+from vlfss.engine.pretrain import _normalise
+from vlfss.modeling.backbones import TINY_MODEL, TINY_WEIGHTS, register_open_clip_configs
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_clip_reference.json"
 

@@ -48,7 +48,7 @@ def tiny_clip_weights(tiny_clip_name, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tiny_clip_name, tiny_clip_weights):
-    from vlfss.backbones import build_backbone
+    from vlfss.modeling.backbones import build_backbone
 
     return build_backbone(tiny_clip_name, tiny_clip_weights)
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import blob_scene
-from vlfss.adapt import adapt_head, flip_encoded, support_loss, support_pseudo_episodes
 from vlfss.errors import ModelError
-from vlfss.model import Segmenter, SegmenterConfig, new_head
+from vlfss.modeling.adapt import adapt_head, flip_encoded, support_loss, support_pseudo_episodes
+from vlfss.modeling.head_file import new_head
+from vlfss.segmenter import Segmenter, SegmenterConfig
 
 
 @pytest.fixture()
@@ -84,7 +85,7 @@ def test_nothing_to_adapt_on_and_errors(seg, tiny_backbone, rng):
 def test_adaptation_computes_each_pseudo_episode_prior_once(seg, rng):
     """The prior depends on features, not on the weights being adapted: 6 steps on 3 pseudo-episodes compute
     3 priors, and the loss with them equals the loss computing them afresh."""
-    from vlfss.adapt import support_priors
+    from vlfss.modeling.adapt import support_priors
 
     specs = seg.build_specs(["a thing"], [[blob_scene(rng, 40, 40) for _ in range(3)]], seg.head_variant)
     calls = []

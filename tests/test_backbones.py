@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlfss.backbones import OpenCLIPBackbone, TransformersCLIPBackbone, build_backbone, list_models
-from vlfss.dense import VARIANTS, default_taps
 from vlfss.errors import InputError, ModelError
+from vlfss.modeling.backbones import OpenCLIPBackbone, TransformersCLIPBackbone, build_backbone, list_models
+from vlfss.modeling.dense import VARIANTS, default_taps
 
 
 def test_dense_pooled_matches_open_clip_encode_image(tiny_backbone):
@@ -139,7 +139,7 @@ def test_transformers_adapter_matches_get_image_features():
 
 
 def test_timm_adapter_is_visual_only():
-    from vlfss.backbones import TimmBackbone
+    from vlfss.modeling.backbones import TimmBackbone
 
     bb = TimmBackbone("resnet18")
     f = bb.dense(torch.randn(1, 3, 64, 64))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vlfss.bench import TARGETS, clipseg_config, run_bench
+from vlfss.evaluation.bench import TARGETS, clipseg_config, run_bench
 
 TINY_CLIPSEG = {
     "vision_config": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 3,

@@ -10,7 +10,7 @@ import torch
 from vlfss.cache import FeatureCache, content_hash
 from vlfss.config import load_config
 from vlfss.errors import ConfigError
-from vlfss.model import SegmenterConfig
+from vlfss.segmenter import SegmenterConfig
 
 
 @dataclass

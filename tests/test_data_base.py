@@ -7,13 +7,7 @@ import pytest
 from datagen import memory_dataset
 from PIL import Image
 
-from vlfss.data.base import (
-    classes_of_label,
-    default_cache_dir,
-    normalise_split,
-    read_label,
-    read_rgb,
-)
+from vlfss.data.base import classes_of_label, default_cache_dir, normalise_split, read_label, read_rgb
 from vlfss.errors import DataError, InputError
 
 

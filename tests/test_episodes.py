@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from datagen import memory_dataset
 
-from vlfss.episodes import EpisodeSampler, EpisodeSpec, load_episodes, relabel_query, save_episodes, shard
+from vlfss.data.episodes import EpisodeSampler, EpisodeSpec, load_episodes, relabel_query, save_episodes, shard
 from vlfss.errors import DataError, InputError
 
 

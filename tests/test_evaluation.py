@@ -21,10 +21,10 @@ from PIL import Image
 
 from vlfss.cache import content_hash
 from vlfss.data import build_benchmark
+from vlfss.data.episodes import EpisodeSampler, load_episode, load_episodes, save_episodes
 from vlfss.data.synthetic_store import materialize_synthetic
-from vlfss.episodes import EpisodeSampler, load_episode, load_episodes, save_episodes
 from vlfss.errors import DataError, InputError, ModelError
-from vlfss.evaluation import (
+from vlfss.evaluation.harness import (
     FIXED_POINT,
     RowStats,
     calibration_counts,
@@ -37,8 +37,9 @@ from vlfss.evaluation import (
     resize_labels,
     resize_probs,
 )
-from vlfss.model import Segmenter, SegmenterConfig, new_head
-from vlfss.report import markdown_table, read_jsonl
+from vlfss.evaluation.report import markdown_table, read_jsonl
+from vlfss.modeling.head_file import new_head, save_head
+from vlfss.segmenter import Segmenter, SegmenterConfig
 
 N_IMAGES, SIZE = 160, 48
 EVAL_DIR = Path(__file__).resolve().parent.parent / "eval"
@@ -248,7 +249,7 @@ def test_head_on_another_variant_costs_one_more_encode(make_seg, bench):
 
 def test_one_head_per_fold(make_seg, bench):
     """Fold i is scored with fold i's head (trained without fold i's classes); rows record which."""
-    from vlfss.evaluation import module_digest
+    from vlfss.evaluation.harness import module_digest
 
     seg = make_seg()
     torch.manual_seed(1)
@@ -274,7 +275,7 @@ def test_cli_head_per_fold(cli_args, tiny_backbone, tmp_path, capsys):
     variant = Segmenter(tiny_backbone, SegmenterConfig(templates="plain")).variant
     for fold in (0, 2):
         torch.manual_seed(fold)
-        new_head(tiny_backbone).save(tmp_path / f"h{fold}.safetensors", tiny_backbone.model_id, variant)
+        save_head(new_head(tiny_backbone), tmp_path / f"h{fold}.safetensors", tiny_backbone.model_id, variant)
     args = ["eval", "--benchmark", "synthetic", "--shots", "1", "--episodes", "2", "--mode", "learned",
             "--head", str(tmp_path / "h{fold}.safetensors"), *cli_args]
     assert main([*args, "--fold", "0", "2", "--out", str(tmp_path / "o")]) == 0
@@ -489,11 +490,11 @@ def test_protocols_parse_and_select_the_published_folds():
 @pytest.mark.slow
 def test_readme_table_smoke(tiny_clip_name, tiny_clip_weights, tiny_backbone, synth_root, tmp_path):
     torch.manual_seed(0)
-    from vlfss.backbones import build_backbone
+    from vlfss.modeling.backbones import build_backbone
 
     bb = build_backbone(tiny_clip_name, tiny_clip_weights)
     head = tmp_path / "head.safetensors"
-    new_head(bb).save(head, bb.model_id, Segmenter(bb, SegmenterConfig(templates="plain")).variant)
+    save_head(new_head(bb), head, bb.model_id, Segmenter(bb, SegmenterConfig(templates="plain")).variant)
     rt = _load_script("readme_table")
     md = tmp_path / "table.md"
     rc = rt.main(["--episodes", "4", "--model", tiny_clip_name, "--pretrained", tiny_clip_weights, "--head", str(head),

@@ -13,9 +13,10 @@ import torch
 from conftest import TINY_CFG
 
 from vlfss.data.synthetic_store import materialize_synthetic
-from vlfss.evaluation import run_eval
-from vlfss.model import Segmenter, SegmenterConfig, new_head
-from vlfss.report import read_jsonl
+from vlfss.evaluation.harness import run_eval
+from vlfss.evaluation.report import read_jsonl
+from vlfss.modeling.head_file import new_head, save_head
+from vlfss.segmenter import Segmenter, SegmenterConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = """
@@ -34,7 +35,7 @@ def test_two_processes_equal_one(tiny_clip_name, tiny_clip_weights, tiny_backbon
     torch.manual_seed(0)
     head = tmp_path / "head.safetensors"
     variant = Segmenter(tiny_backbone, SegmenterConfig(templates="plain")).variant
-    new_head(tiny_backbone).save(head, tiny_backbone.model_id, variant)
+    save_head(new_head(tiny_backbone), head, tiny_backbone.model_id, variant)
     args = ["--benchmark", "synthetic", "--data-root", str(root), "--bench-opt", "n_images=120", "image_size=40",
             "--fold", "0", "3", "--shots", "0", "1", "--episodes", "5", "--seeds", "1", "--mode", "both",
             "--model", tiny_clip_name, "--pretrained", tiny_clip_weights, "--head", str(head),

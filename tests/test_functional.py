@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from vlfss import functional as fn
+from vlfss.modeling import functional as fn
 
 
 def test_masked_average_pool_known_answer():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vlfss.errors import InputError
-from vlfss.metrics import FSSMeter, mean_ci, t_ppf
+from vlfss.evaluation.metrics import FSSMeter, mean_ci, t_ppf
 
 
 def _episodes(n=40, num_classes=7, seed=0):

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import blob_scene
-from vlfss import functional as fn
 from vlfss.errors import InputError, ModelError
-from vlfss.model import Segmenter, SegmenterConfig, load_head, new_head
+from vlfss.modeling import functional as fn
+from vlfss.modeling.head_file import load_head, new_head, read_head_file, save_head
+from vlfss.segmenter import Segmenter, SegmenterConfig
 
 
 @pytest.fixture()
@@ -65,7 +66,7 @@ def test_support_encoded_once_across_queries(seg, rng):
 def test_support_side_scored_once_per_request_for_many_queries(tiny_backbone, rng, monkeypatch):
     """Segmenting several images against the same supports computes the supports' covariance, prototypes and
     text fits once, in training-free and in learned mode, and gives the same answers as one image at a time."""
-    from vlfss import training_free as tf
+    from vlfss.modeling import training_free as tf
 
     s, sm = blob_scene(rng)
     queries = [blob_scene(rng)[0] for _ in range(3)]
@@ -142,12 +143,12 @@ def test_learned_mode_and_head_round_trip(tiny_backbone, rng, tmp_path):
     for kw in ({"texts": ["a cat"]}, {"supports": [(s, sm)]}, {"texts": ["a", "b"], "supports": [[(s, sm)], []]}):
         out = seg.segment(q, **kw)
         _check_output(out, 40, 56, len(kw.get("texts", [1])))
-    path = head.save(tmp_path / "head.safetensors", tiny_backbone.model_id, seg.variant)
+    path = save_head(head, tmp_path / "head.safetensors", tiny_backbone.model_id, seg.variant)
     loaded, variant = load_head(path, tiny_backbone)
     for a, b in zip(head.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     other = new_head(tiny_backbone)
-    other.save(tmp_path / "other.safetensors", "open_clip:ViT-B-16@openai", "clearclip")
+    save_head(other, tmp_path / "other.safetensors", "open_clip:ViT-B-16@openai", "clearclip")
     with pytest.raises(ModelError, match="trained on"):
         load_head(tmp_path / "other.safetensors", tiny_backbone)
 
@@ -223,7 +224,7 @@ def test_head_output_is_a_residual_over_the_training_free_log_odds(tiny_backbone
 def test_head_prior_matches_prototypes_on_the_features_it_was_built_for(tiny_backbone, rng, tmp_path):
     """A head built for tap prototypes has the training-free model with those prototypes as its prior, and its
     file keeps that choice (whatever the segmenter's own training-free setting is later)."""
-    from vlfss.model import HeadConfig, TrainingFreeConfig
+    from vlfss.modeling.config import HeadConfig, TrainingFreeConfig
 
     torch.manual_seed(0)
     head = new_head(tiny_backbone, HeadConfig(prior_proto_features="tap0"))
@@ -236,7 +237,7 @@ def test_head_prior_matches_prototypes_on_the_features_it_was_built_for(tiny_bac
     assert torch.allclose(head.prior(query, specs, []), seg.training_free_logits(query, specs, []), atol=1e-5)
     on_z = Segmenter(tiny_backbone, SegmenterConfig(mode="training-free")).training_free_logits(query, specs, [])
     assert not torch.allclose(head.prior(query, specs, []), on_z, atol=1e-3)
-    loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
+    loaded, _ = load_head(save_head(head, tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
     assert loaded.cfg.prior_proto_features == "tap0"
     assert new_head(tiny_backbone).cfg.prior_proto_features == "z"  # None resolves to the model's default
 
@@ -245,7 +246,7 @@ def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, 
     """head.use_for: classes given as a kind the head does not answer get the training-free log-odds (the
     upsampled prior), the others the head's own; the choice survives save/load; unknown kinds are refused."""
     from vlfss.errors import InputError
-    from vlfss.model import HeadConfig
+    from vlfss.modeling.config import HeadConfig
 
     torch.manual_seed(0)
     head = new_head(tiny_backbone, HeadConfig(use_for=["text", "text+shots"]))
@@ -261,7 +262,7 @@ def test_a_head_answers_only_the_input_kinds_it_is_used_for(tiny_backbone, rng, 
                                                 mode="bilinear", align_corners=False)[0]
     assert torch.allclose(out[1], prior[1], atol=1e-5)  # examples only: training-free
     assert not torch.allclose(out[0], prior[0], atol=1e-3)  # text: the head's correction
-    loaded, _ = load_head(head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
+    loaded, _ = load_head(save_head(head, tmp_path / "h.safetensors", tiny_backbone.model_id, "plain"), tiny_backbone)
     assert loaded.cfg.use_for == ["text", "text+shots"]
     free = Segmenter(tiny_backbone, SegmenterConfig(mode="training-free"))
     calls = []
@@ -281,7 +282,7 @@ def test_agnostic_kinds_reach_the_decoder_only_through_similarity_maps(tiny_back
     """head.agnostic_kinds: an examples-only class never touches the fusion module or the encoder skips (nothing
     class-specific to memorise on base classes), while a text class does; unknown kinds are refused."""
     from vlfss.errors import InputError
-    from vlfss.model import HeadConfig
+    from vlfss.modeling.config import HeadConfig
 
     torch.manual_seed(0)
     head = new_head(tiny_backbone, HeadConfig(agnostic_kinds=["shots"]))
@@ -313,7 +314,7 @@ def test_agnostic_kinds_reach_the_decoder_only_through_similarity_maps(tiny_back
 def test_the_decoder_reads_the_prior_it_corrects(tiny_backbone, rng):
     """head.prior_input: the correction depends on the training-free log-odds (not only on features), so the
     head can learn where the prior is wrong; without it the correction ignores the prior."""
-    from vlfss.model import HeadConfig
+    from vlfss.modeling.config import HeadConfig
 
     q, _ = blob_scene(rng, 64, 64)
     s, sm = blob_scene(rng, 64, 64)
@@ -337,12 +338,12 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
 
     from safetensors.torch import save_file
 
-    from vlfss.model import HeadConfig
+    from vlfss.modeling.config import HeadConfig
 
     torch.manual_seed(0)
     head = new_head(tiny_backbone, HeadConfig(prior_input=False))  # no prior channel: as old files were shaped
-    path = head.save(tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
-    meta, state = __import__("vlfss.model", fromlist=["read_head_file"]).read_head_file(path)
+    path = save_head(head, tmp_path / "h.safetensors", tiny_backbone.model_id, "plain")
+    meta, state = read_head_file(path)
     for key in ("residual_prior", "prior_proto_features", "prior_cell_norm", "prior_metric", "prior_shrinkage",
                 "prior_mahalanobis_scale", "prior_input", "agnostic_kinds"):
         del meta["head"][key]
@@ -364,8 +365,9 @@ def test_head_saved_without_the_residual_prior_loads_as_before(tiny_backbone, tm
 def test_kmeans_background_prototypes_separate_what_one_mean_cannot():
     """Background of two kinds whose mean points at the object: one mean prototype cannot tell the object from
     the background by cosine; k-means background prototypes can (training_free.num_bg_prototypes)."""
-    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
-    from vlfss.training_free import training_free_logits
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.modeling.training_free import training_free_logits
+    from vlfss.modeling.types import ClassSpec, Encoded
 
     a, b, c = torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
     kind = torch.zeros(4, 4, dtype=torch.long)
@@ -388,8 +390,9 @@ def test_prototypes_match_on_the_chosen_encoder_tap():
     object from background but an encoder tap can, only the tap separates them; a tap the backbone lacks is an
     error naming the option."""
     from vlfss.errors import InputError
-    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
-    from vlfss.training_free import check_proto_features, training_free_logits
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.modeling.training_free import check_proto_features, training_free_logits
+    from vlfss.modeling.types import ClassSpec, Encoded
 
     obj = torch.zeros(4, 4, dtype=torch.bool)
     obj[1:3, 1:3] = True
@@ -410,9 +413,10 @@ def test_prototypes_match_on_the_chosen_encoder_tap():
 def test_proto_features_default_comes_from_the_model_and_bad_values_name_the_key(tiny_backbone):
     """None resolves to the backbone's default (z unless the model says otherwise) in a copy of the config;
     the embedded tiny CLIP matches prototypes on its second block; a tap the model lacks is refused up front."""
-    from vlfss.backbones import build_backbone
     from vlfss.errors import InputError
-    from vlfss.model import Segmenter, SegmenterConfig, TrainingFreeConfig
+    from vlfss.modeling.backbones import build_backbone
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.segmenter import Segmenter, SegmenterConfig
 
     cfg = SegmenterConfig()
     assert Segmenter(tiny_backbone, cfg).cfg.training_free.proto_features == "z"
@@ -426,8 +430,9 @@ def test_proto_features_default_comes_from_the_model_and_bad_values_name_the_key
 
 def test_shots_average_into_one_class_prototype_unless_max_is_asked():
     """shot_pooling="mean" matches the mean of the shots' foreground prototypes (PANet); "max" the best shot."""
-    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
-    from vlfss.training_free import training_free_logits
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.modeling.training_free import training_free_logits
+    from vlfss.modeling.types import ClassSpec, Encoded
 
     a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
     bg = torch.tensor([0.0, 0.0, 1.0])
@@ -452,8 +457,9 @@ def test_shots_average_into_one_class_prototype_unless_max_is_asked():
 def test_cell_norm_lets_every_foreground_cell_vote_equally():
     """With training_free.cell_norm a prototype is the mean of unit cells: one high-norm cell does not pull it
     away from the three cells that look like the query's object; without it, the norm decides."""
-    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
-    from vlfss.training_free import training_free_logits
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.modeling.training_free import training_free_logits
+    from vlfss.modeling.types import ClassSpec, Encoded
 
     a, b, c = torch.eye(3)
     obj = torch.zeros(4, 4, dtype=torch.bool)
@@ -476,8 +482,9 @@ def test_mahalanobis_prototypes_discount_the_directions_an_object_varies_in():
     """Object and background differ a little along a direction both hold still, and a lot, but with wide
     scatter, along another: cosine follows the wide direction and labels the query backwards; the Mahalanobis
     metric under the supports' covariance follows the steady one and gets both regions right."""
-    from vlfss.model import ClassSpec, Encoded, TrainingFreeConfig
-    from vlfss.training_free import training_free_logits
+    from vlfss.modeling.config import TrainingFreeConfig
+    from vlfss.modeling.training_free import training_free_logits
+    from vlfss.modeling.types import ClassSpec, Encoded
 
     obj = torch.zeros(4, 4, dtype=torch.bool)
     obj[1:3, 1:3] = True
@@ -497,7 +504,7 @@ def test_mahalanobis_prototypes_discount_the_directions_an_object_varies_in():
 
 def test_bad_metric_or_shrinkage_names_the_key(tiny_backbone):
     from vlfss.errors import InputError
-    from vlfss.model import HeadConfig, TrainingFreeConfig
+    from vlfss.modeling.config import HeadConfig, TrainingFreeConfig
 
     for kw, key in (({"metric": "euclid"}, "training_free.metric"), ({"shrinkage": 0.0}, "training_free.shrinkage"),
                     ({"shrinkage": 1.5}, "training_free.shrinkage"),
@@ -510,7 +517,7 @@ def test_bad_metric_or_shrinkage_names_the_key(tiny_backbone):
 
 def test_bad_shot_pooling_names_the_key(tiny_backbone):
     from vlfss.errors import InputError
-    from vlfss.model import HeadConfig, TrainingFreeConfig
+    from vlfss.modeling.config import HeadConfig, TrainingFreeConfig
 
     with pytest.raises(InputError, match="training_free.shot_pooling"):
         Segmenter(tiny_backbone, SegmenterConfig(training_free=TrainingFreeConfig(shot_pooling="median")))

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from vlfss.engine.pretrain import PretrainConfig, export_weights, pretrain
 from vlfss.errors import ConfigError
-from vlfss.pretrain import PretrainConfig, export_weights, pretrain
 
 
 def _cfg(tmp_path, **kw) -> PretrainConfig:
@@ -46,8 +46,8 @@ def test_logit_scalars_reset_and_get_their_own_learning_rate(tmp_path):
 
     import open_clip
 
-    from vlfss.backbones import register_open_clip_configs
-    from vlfss.pretrain import _param_groups
+    from vlfss.engine.pretrain import _param_groups
+    from vlfss.modeling.backbones import register_open_clip_configs
 
     register_open_clip_configs()
     model = open_clip.create_model("vlfss-tiny-vit")

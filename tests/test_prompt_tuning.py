@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import blob_scene
+from vlfss.engine.prompt_tuning import PromptTuneConfig, learn_prompt, tune_prompts
 from vlfss.errors import InputError
-from vlfss.model import Segmenter, SegmenterConfig
-from vlfss.prompt_tuning import PromptTuneConfig, learn_prompt, tune_prompts
-from vlfss.prompts import PromptLearner, read_prompt_file
+from vlfss.modeling.prompts import PromptLearner, read_prompt_file
+from vlfss.segmenter import Segmenter, SegmenterConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ def test_residual_prompt_starts_at_the_templates_and_round_trips(seg, rng, tmp_p
 def test_prompt_file_round_trip_and_model_check(seg, rng, tmp_path, tiny_clip_name):
     import open_clip
 
-    from vlfss.backbones import build_backbone
+    from vlfss.modeling.backbones import build_backbone
 
     pairs = _pairs(rng, 2)
     path = tune_prompts(seg, "blob", [p[0] for p in pairs], [p[1] for p in pairs], tmp_path / "blob.safetensors",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlfss.errors import InputError
-from vlfss.prompts import PromptLearner, ensemble_text_embeddings, load_classnames, load_templates
+from vlfss.modeling.prompts import PromptLearner, ensemble_text_embeddings, load_classnames, load_templates
 
 
 def test_template_and_class_lists():
@@ -86,7 +86,7 @@ def test_long_prompt_warns_and_truncates(tiny_backbone):
 def test_learned_prompt_runs_the_text_tower_once_per_context_state(tiny_backbone, rng):
     """Segmenting many images with a learned prompt encodes it once; an optimiser step on ctx re-encodes."""
     from tests.conftest import blob_scene
-    from vlfss.model import Segmenter, SegmenterConfig
+    from vlfss.segmenter import Segmenter, SegmenterConfig
 
     pl = PromptLearner(tiny_backbone, ["blob"], n_ctx=2)
     calls = []

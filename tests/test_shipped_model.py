@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlfss.backbones import TINY_MODEL, TINY_WEIGHTS
+from vlfss.modeling.backbones import TINY_MODEL, TINY_WEIGHTS
 
 REF = Path(__file__).parent / "data" / "tiny_clip_reference.json"
 pytestmark = pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="tiny CLIP weights not shipped in this checkout")
@@ -22,9 +22,9 @@ def test_weights_small_and_safetensors():
 def test_loads_through_open_clip_and_reproduces_reference():
     import open_clip
 
-    from vlfss.backbones import register_open_clip_configs
     from vlfss.data.synthetic import generate_scene
-    from vlfss.pretrain import _normalise
+    from vlfss.engine.pretrain import _normalise
+    from vlfss.modeling.backbones import register_open_clip_configs
 
     ref = json.loads(REF.read_text())
     register_open_clip_configs()
@@ -39,7 +39,7 @@ def test_loads_through_open_clip_and_reproduces_reference():
 
 
 def test_default_backbone_is_the_tiny_clip():
-    from vlfss.backbones import build_backbone
+    from vlfss.modeling.backbones import build_backbone
 
     bb = build_backbone()
     assert bb.model_id.startswith("vlfss-tiny@") and bb.patch_size == 6 and bb.image_size == 96

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlfss.data.synthetic import (
-    _ADJECTIVES,
-    CLASS_NAMES,
-    NUM_CLASSES,
-    SyntheticConfig,
-    fold_classes,
-    generate_scene,
-)
+from vlfss.data.synthetic import _ADJECTIVES, CLASS_NAMES, NUM_CLASSES, SyntheticConfig, fold_classes, generate_scene
 
 
 def _named(caption: str) -> set[int]:

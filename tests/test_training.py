@@ -10,10 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlfss.backbones import TINY_WEIGHTS
 from vlfss.config import load_config
-from vlfss.errors import ConfigError, InputError
-from vlfss.training import (
+from vlfss.engine.train import (
     KINDS,
     TrainConfig,
     ViewBank,
@@ -25,6 +23,8 @@ from vlfss.training import (
     prepare_episode,
     validate,
 )
+from vlfss.errors import ConfigError, InputError
+from vlfss.modeling.backbones import TINY_WEIGHTS
 
 TRAIN_IMAGES, VAL_IMAGES, SIZE = 100, 60, 48
 
@@ -109,8 +109,9 @@ def test_short_run_lowers_the_loss_on_fixed_base_class_episodes(make_cfg, tiny_b
     textures), so class mIoU does not move in a short run (measured 0.11 -> 0.08..0.10: noise). What the head
     does learn here is measured on fixed base-class episodes: their loss and the foreground/background IoU.
     The novel-class mIoU gain is tested on the real tiny CLIP below."""
-    from vlfss.episodes import EpisodeSampler
-    from vlfss.model import Segmenter, load_head, new_head
+    from vlfss.data.episodes import EpisodeSampler
+    from vlfss.modeling.head_file import load_head, new_head
+    from vlfss.segmenter import Segmenter
 
     cfg = make_cfg("steps=80", "lr=0.01", "log_every=10", "checkpoint_every=1000", "episodes.text_only=0",
                    "episodes.text_and_shots=0", "episodes.multi_way=0", "augment.views=0", "batch_episodes=4")
@@ -148,9 +149,10 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
     from text, from examples and from both. The untrained head is the training-free model (the head is a
     zero-initialised residual over its log-odds), so this is learned vs training-free; examples reach the head
     only through similarity maps (head.agnostic_kinds), which is what lets base-class training carry over."""
-    from vlfss.backbones import build_backbone
     from vlfss.data.synthetic_store import materialize_synthetic
-    from vlfss.model import Segmenter, new_head
+    from vlfss.modeling.backbones import build_backbone
+    from vlfss.modeling.head_file import new_head
+    from vlfss.segmenter import Segmenter
 
     materialize_synthetic(tmp_path / "data", "train", 150, 0, "hf", 96, workers=1)
     materialize_synthetic(tmp_path / "data", "val", 60, 0, "hf", 96, workers=1)
@@ -174,8 +176,9 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
 def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_backbone, tmp_path):
     """Every episode kind, N-way, augmented views and a learned prompt train together; nothing is re-encoded
     in the loop; validation on the novel classes is logged; the outputs load where users load them."""
-    from vlfss.model import Segmenter, SegmenterConfig, load_head
-    from vlfss.prompts import PromptLearner
+    from vlfss.modeling.head_file import load_head
+    from vlfss.modeling.prompts import PromptLearner
+    from vlfss.segmenter import Segmenter, SegmenterConfig
 
     cfg = make_cfg("steps=3", "epoch_steps=3", "val.episodes=3", "episodes.multi_way=0.5", "learn_prompt=true",
                    "augment.views=1", "augment.prob=0.7", "augment.cutmix=0.5", "log_every=1")
@@ -201,9 +204,10 @@ def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_back
 
 
 def test_fomaml_inner_loop_changes_only_the_head_copy(make_cfg, tiny_backbone):
-    from vlfss.model import Segmenter, new_head
-    from vlfss.prompts import PromptLearner
-    from vlfss.training import TrainModule, fomaml_backward
+    from vlfss.engine.train import TrainModule, fomaml_backward
+    from vlfss.modeling.head_file import new_head
+    from vlfss.modeling.prompts import PromptLearner
+    from vlfss.segmenter import Segmenter
 
     cfg = make_cfg("episodes.text_only=0", "episodes.shots_only=0", "episodes.max_shots=2", "augment.views=0")
     train, classes, samplers, _ = _build_data(cfg)
@@ -246,7 +250,7 @@ def test_fomaml_fit_trains_head_and_prompt_only_when_asked(make_cfg, tmp_path, t
     assert not any(k.startswith("prompt.") for k in w)
     cfg2 = make_cfg("meta_algorithm=fomaml", "steps=2", "inner_steps=1", "learn_prompt=true", "prompt_ctx=2",
                     out=tmp_path / "run2")
-    from vlfss.prompts import PromptLearner
+    from vlfss.modeling.prompts import PromptLearner
 
     fit(cfg2)
     w2 = _weights(tmp_path / "run2" / "ckpt-00000002.safetensors")
@@ -295,7 +299,7 @@ def test_keep_best_exports_the_best_validated_head_and_survives_resume(make_cfg,
 
 
 def test_fallback_kinds_keep_the_head_only_where_it_beat_training_free():
-    from vlfss.training import fallback_kinds
+    from vlfss.engine.train import fallback_kinds
 
     trained = {"text": {"miou": 0.5}, "shots": {"miou": 0.40}, "text+shots": {"miou": 0.45}}
     free = {"text": {"miou": 0.3}, "shots": {"miou": 0.45}, "text+shots": {"miou": 0.45}}
@@ -311,7 +315,7 @@ def test_fallback_kinds_keep_the_head_only_where_it_beat_training_free():
 def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp_path):
     """fallback_to_training_free: the kept step maximises the mean of max(head, training-free) per kind, and the
     exported head records the kinds it beat step 0 on; the others get the training-free log-odds at use."""
-    from vlfss.training import fallback_kinds
+    from vlfss.engine.train import fallback_kinds
 
     cfg = make_cfg("steps=6", "epoch_steps=2", "val.episodes=4", "lr=0.05", "keep_best=true", "log_every=1",
                    "fallback_to_training_free=true", "val.more_shots=[2]", out=tmp_path / "fb")
@@ -331,7 +335,7 @@ def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp
 
 
 def test_a_damaged_step0_validation_file_is_named(tmp_path):
-    from vlfss.training import _read_json
+    from vlfss.engine.train import _read_json
 
     (tmp_path / "val_step0.json").write_text("{not json")
     with pytest.raises(InputError, match="val_step0.json is damaged"):
@@ -401,7 +405,7 @@ def test_unwritable_or_full_output_dir_fails_before_training(make_cfg, tmp_path,
         fit(make_cfg(out=blocker / "run"))
     import shutil
 
-    import vlfss.checkpoint as ck
+    import vlfss.engine.checkpoint as ck
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: usage._replace(free=1000))
@@ -462,7 +466,7 @@ def test_shipped_configs_load():
         root.glob("coco20i/*.yaml")) + [p for p in sorted(root.glob("synthetic/*.yaml"))
                                           if not p.stem.startswith("tiny_clip")]
     assert len(files) >= 14
-    from vlfss.pretrain import PretrainConfig
+    from vlfss.engine.pretrain import PretrainConfig
 
     for f in sorted(root.glob("synthetic/tiny_clip*.yaml")):  # the CLIP pretraining stages
         assert isinstance(load_config(PretrainConfig, f), PretrainConfig)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_train_heads_script_on_the_test_model(tiny_clip_name, tiny_clip_weights, tiny_backbone, synth_root,  # noqa: F811
                                               tmp_path, capsys):
-    from vlfss.model import load_head
+    from vlfss.modeling.head_file import load_head
 
     spec = importlib.util.spec_from_file_location("train_heads", REPO / "eval" / "train_heads.py")
     mod = importlib.util.module_from_spec(spec)
@@ -33,7 +33,7 @@ def test_train_heads_script_on_the_test_model(tiny_clip_name, tiny_clip_weights,
     demo = assets / f"head-{tiny_clip_name}.safetensors"
     head, _ = load_head(fold1, tiny_backbone)
     load_head(demo, tiny_backbone)
-    from vlfss.model import read_head_file
+    from vlfss.modeling.head_file import read_head_file
 
     meta, _ = read_head_file(fold1)
     assert meta["fold"] == 1 and not set(meta["train_classes"]) & set(range(5, 10))

@@ -15,19 +15,21 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .backbones import build_backbone, list_models
-    from .model import SegmentationOutput, Segmenter, SegmenterConfig, build_segmenter, segment
+    from .modeling.backbones import build_backbone, list_models
+    from .modeling.types import SegmentationOutput
+    from .segmenter import Segmenter, SegmenterConfig, build_segmenter, segment
 
 _LAZY = {
-    "segment": "model", "Segmenter": "model", "SegmenterConfig": "model", "SegmentationOutput": "model",
-    "build_segmenter": "model", "build_backbone": "backbones", "list_models": "backbones",
-    "evaluate": "evaluation", "fit": "training", "tune_prompts": "training",
+    "segment": "segmenter", "Segmenter": "segmenter", "SegmenterConfig": "segmenter",
+    "SegmentationOutput": "modeling.types", "build_segmenter": "segmenter", "build_backbone": "modeling.backbones",
+    "list_models": "modeling.backbones", "evaluate": "evaluation.harness", "fit": "engine.train",
+    "tune_prompts": "engine.prompt_tuning",
 }
 
 
 def build_model(*args: Any, **kwargs: Any):
     """Alias of :func:`build_segmenter`."""
-    from .model import build_segmenter
+    from .segmenter import build_segmenter
 
     return build_segmenter(*args, **kwargs)
 

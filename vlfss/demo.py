@@ -8,7 +8,7 @@ import numpy as np
 
 from .data.synthetic import CLASS_NAMES, SyntheticConfig, generate_scene
 from .io_utils import atomic_save_image, atomic_write_text
-from .model import build_segmenter
+from .segmenter import build_segmenter
 from .viz import heatmap, overlay, side_by_side
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .io_utils import atomic_write_bytes, atomic_write_text
+from ..io_utils import atomic_write_bytes, atomic_write_text
 from .metrics import mean_ci
 
 logger = logging.getLogger(__name__)

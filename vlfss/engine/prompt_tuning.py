@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import functional as fn
-from .errors import InputError
-from .imageio import ImageLike, load_image, load_mask
-from .prompts import PromptLearner
+from ..data.image import ImageLike, load_image, load_mask
+from ..errors import InputError
+from ..modeling import functional as fn
+from ..modeling.prompts import PromptLearner
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,9 @@ def tune_prompts(segmenter, class_name: str, images: Sequence[ImageLike], masks:
 
 def cli_tune_prompts(argv: list[str]) -> int:
     """``vlfss tune-prompts --class NAME --images A.png ... --masks A_mask.png ... --out FILE``."""
+    from ..config import load_config
+    from ..segmenter import Segmenter, SegmenterConfig
     from .checkpoint import check_output_dir
-    from .config import load_config
-    from .model import Segmenter, SegmenterConfig
 
     ap = argparse.ArgumentParser(prog="vlfss tune-prompts",
                                  description="learn context vectors for a new class from labelled images")

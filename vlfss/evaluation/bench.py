@@ -139,7 +139,7 @@ def _open_clip_at_size(backbone, size: int):
     model_id: str = getattr(backbone, "model_id", "")
     if not model_id.startswith("open_clip:") and not model_id.startswith("vlfss-tiny"):
         return None
-    from .backbones import TINY_MODEL
+    from ..modeling.backbones import TINY_MODEL
 
     arch = TINY_MODEL if model_id.startswith("vlfss-tiny") else model_id.split(":", 1)[1].rsplit("@", 1)[0]
     if arch.startswith(("hf-hub:", "local-dir:")):
@@ -190,8 +190,8 @@ def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: s
     import transformers
     from transformers import CLIPSegForImageSegmentation
 
-    from .backbones import build_backbone
-    from .model import Segmenter, SegmenterConfig
+    from ..modeling.backbones import build_backbone
+    from ..segmenter import Segmenter, SegmenterConfig
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -291,7 +291,7 @@ def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: s
         if print_table:
             print(format_table(result))
         if out is not None:
-            from .io_utils import atomic_write_text
+            from ..io_utils import atomic_write_text
 
             atomic_write_text(out, json.dumps(result, indent=2))
         return result

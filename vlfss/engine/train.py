@@ -51,12 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import functional as fn
-from .config import to_dict
-from .episodes import Episode, EpisodeSampler, EpisodeSpec, relabel_query, shard
-from .errors import ConfigError, InputError
-from .io_utils import atomic_write_text
-from .model import INPUT_KINDS, ClassSpec, Encoded, SegHead, Segmenter, SegmenterConfig
+from ..config import to_dict
+from ..data.episodes import Episode, EpisodeSampler, EpisodeSpec, relabel_query, shard
+from ..errors import ConfigError, InputError
+from ..io_utils import atomic_write_text
+from ..modeling import functional as fn
+from ..modeling.head import SegHead
+from ..modeling.head_file import save_head
+from ..modeling.types import INPUT_KINDS, ClassSpec, Encoded
+from ..segmenter import Segmenter, SegmenterConfig
 from .prompt_tuning import PromptTuneConfig, learn_prompt, tune_prompts  # noqa: F401 - the public API's home
 
 log = logging.getLogger(__name__)
@@ -252,7 +255,7 @@ class ViewBank:
 
     def view(self, idx: int, v: int) -> tuple[np.ndarray, np.ndarray]:
         """(image H x W x 3 uint8, label map H x W) of view ``v`` of image ``idx``."""
-        from .data import augment as A
+        from ..data import augment as A
 
         image, label = self.dataset.load(idx)
         if v == 0:
@@ -409,7 +412,7 @@ def fomaml_backward(module: TrainModule, batch: list[Prepared], inner_steps: int
     The inner loop changes only the copy; the backbone and the prompt context are never updated there.
     Returns the mean query loss.
     """
-    from .adapt import support_loss, support_priors
+    from ..modeling.adapt import support_loss, support_priors
 
     emb = module.text_table(batch)
     fasts, losses = [], []
@@ -456,7 +459,7 @@ def validate(segmenter: Segmenter, sampler: EpisodeSampler, episodes: Sequence[i
     ``"<mode>@<K>"``. Under torch.distributed (``ctx``) each rank scores ``shard(n, rank, world)`` and the counts
     are all-reduced.
     """
-    from .metrics import FSSMeter
+    from ..evaluation.metrics import FSSMeter
 
     head = head if head is not None else segmenter.head
     if head is None:
@@ -490,7 +493,7 @@ def validate(segmenter: Segmenter, sampler: EpisodeSampler, episodes: Sequence[i
 
 # ------------------------------------------------------------------------------------------ fit
 def _build_data(cfg: TrainConfig):
-    from .data import build_benchmark
+    from ..data import build_benchmark
 
     d = cfg.data
     train = build_benchmark(d.benchmark, d.data_root, d.train_split, d.fold, **{**d.options, **d.train_options})
@@ -574,11 +577,11 @@ class _Run:
 
 def _setup(cfg: TrainConfig, dctx) -> _Run:
     """Data, frozen backbone, trainable modules and optimiser; the output folder is checked for space."""
+    from ..cache import FeatureCache
+    from ..modeling.backbones import build_backbone
+    from ..modeling.head_file import load_head, new_head
+    from ..modeling.prompts import PromptLearner
     from . import checkpoint as ck
-    from .backbones import build_backbone
-    from .cache import FeatureCache
-    from .model import load_head, new_head
-    from .prompts import PromptLearner
 
     train, classes, samplers, val = _build_data(cfg)
     scfg = replace(cfg.segmenter, device=str(dctx.device), mode="training-free")
@@ -661,7 +664,7 @@ def _train_step(run: _Run, model: nn.Module, cfg: TrainConfig, step: int, dctx) 
 
 def _write_outputs(run: _Run, cfg: TrainConfig, dctx, summary: dict[str, Any]) -> Path:
     """head.safetensors (+ prompt.safetensors, export copy, rank weights) and summary.json."""
-    from .io_utils import atomic_save_safetensors, atomic_write_text
+    from ..io_utils import atomic_save_safetensors, atomic_write_text
 
     out = Path(cfg.out_dir)
     final = out / "head.safetensors"
@@ -673,11 +676,11 @@ def _write_outputs(run: _Run, cfg: TrainConfig, dctx, summary: dict[str, Any]) -
         model_id = run.seg.backbone.model_id
         extra = {"fold": cfg.data.fold, "benchmark": cfg.data.benchmark, "train_classes": run.classes,
                  "steps": cfg.steps, "meta_algorithm": cfg.meta_algorithm}
-        head.save(final, model_id, run.variant, extra=extra)
+        save_head(head, final, model_id, run.variant, extra=extra)
         if prompt is not None:
             prompt.save(out / "prompt.safetensors", extra={"trained_with_head": True})
         if cfg.export_path:
-            head.save(cfg.export_path, model_id, run.variant, extra=extra)
+            save_head(head, cfg.export_path, model_id, run.variant, extra=extra)
         atomic_write_text(out / "summary.json", json.dumps({**summary, "head": str(final)}, indent=2))
     return final
 
@@ -828,7 +831,7 @@ def _update_best(best: _Best | None, run: _Run, out: Path, step: int, val: dict[
     (atomically) so that a resumed run knows the best it has to beat. With ``free`` (the training-free scores,
     for fallback_to_training_free) a kind scores the better of the head's and the training-free model's
     mIoU, as the exported head will answer it."""
-    from .io_utils import atomic_save_safetensors
+    from ..io_utils import atomic_save_safetensors
 
     def kind_score(k: str, v: dict[str, float]) -> float:
         return max(v["miou"], free[k]["miou"]) if free and k in free else v["miou"]
@@ -865,7 +868,7 @@ def _fmt_val(val: dict[str, dict[str, float]]) -> str:
 # ------------------------------------------------------------------------------------------ command line
 def cli_train(argv: list[str]) -> int:
     """``vlfss train --config FILE [--resume] [--overwrite] [key=value ...]``."""
-    from .config import load_config
+    from ..config import load_config
 
     ap = argparse.ArgumentParser(prog="vlfss train", description="Episodic meta-training of the fusion head. "
                                  "Run under `torchrun --nproc_per_node=N -m vlfss.cli train ...` for DDP.")

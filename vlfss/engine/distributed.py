@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Union
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 

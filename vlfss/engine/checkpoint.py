@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError
-from .io_utils import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+from ..errors import ConfigError, InputError
+from ..io_utils import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data.benchmark import Benchmark
-from .episodes import EpisodeSampler, EpisodeSpec, load_episode, load_episodes, save_episodes, shard
-from .errors import DataError, InputError, ModelError, VlfssError
-from .functional import normalised_entropy
+from ..data.benchmark import Benchmark
+from ..data.episodes import EpisodeSampler, EpisodeSpec, load_episode, load_episodes, save_episodes, shard
+from ..errors import DataError, InputError, ModelError, VlfssError
+from ..modeling.functional import normalised_entropy
 from .metrics import IGNORE, FSSMeter
 from .report import append_jsonl, read_jsonl, rewrite_jsonl
 
@@ -600,7 +600,7 @@ def evaluate(
     if plan[0] == "error":
         if failure is not None:
             raise failure
-        from . import errors
+        from .. import errors
 
         err = getattr(errors, plan[1], None)
         raise (err if isinstance(err, type) and issubclass(err, VlfssError) else RuntimeError)(plan[2])
@@ -877,7 +877,7 @@ def build_eval_parser(cls: type[argparse.ArgumentParser] = argparse.ArgumentPars
 def parse_eval_args(argv: Sequence[str]) -> EvalRequest:
     """`vlfss eval` arguments -> EvalRequest (InputError on bad values)."""
     args = build_eval_parser(_Parser).parse_args(list(argv))
-    from .data import list_benchmarks
+    from ..data import list_benchmarks
 
     name = args.benchmark.lower()
     if name not in list_benchmarks():
@@ -930,8 +930,8 @@ def parse_eval_args(argv: Sequence[str]) -> EvalRequest:
 def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
     """Parse, check the data, build the segmenter (unless given), initialise torchrun if present, evaluate."""
     req = parse_eval_args(argv)
-    from .cli import check_writable_dir
-    from .data import build_benchmark
+    from ..cli import check_writable_dir
+    from ..data import build_benchmark
 
     if req.options.out_dir:
         check_writable_dir(Path(req.options.out_dir))
@@ -953,8 +953,8 @@ def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
             raise ModelError(f"--head {req.head_template}: no head file {', '.join(missing)}; train the fold's head "
                              "(`vlfss train --config ...foldN.yaml`, or eval/train_heads.py) or name existing files")
     if segmenter is None:
-        from .config import load_config
-        from .model import Segmenter, SegmenterConfig
+        from ..config import load_config
+        from ..segmenter import Segmenter, SegmenterConfig
 
         overrides = list(req.segmenter_overrides)
         if head_files:
@@ -976,7 +976,7 @@ def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
 
 def _load_fold_heads(segmenter: Any, files: dict[int, Path]) -> dict[int, Any]:
     """One learned head per fold; all must share the dense variant the segmenter's head uses."""
-    from .model import load_head
+    from ..modeling.head_file import load_head
 
     heads = {}
     for fold, path in files.items():

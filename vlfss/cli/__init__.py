@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import InputError, VlfssError
+from ..errors import InputError, VlfssError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def _segmenter_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_segmenter(args):
-    from .config import load_config
-    from .model import Segmenter, SegmenterConfig
+    from ..config import load_config
+    from ..segmenter import Segmenter, SegmenterConfig
 
     overrides = [f"model={args.model}", f"mode={args.mode}", f"device={args.device}"]
     for key, val in (("templates", args.templates), ("pretrained", args.pretrained), ("head_path", args.head),
@@ -68,9 +68,9 @@ def _build_segmenter(args):
 
 # ------------------------------------------------------------------------------------------ segment
 def cmd_segment(args) -> int:
-    from .imageio import load_image
-    from .io_utils import atomic_save_image, atomic_write_text
-    from .viz import heatmap, label_png, overlay
+    from ..data.image import load_image
+    from ..io_utils import atomic_save_image, atomic_write_text
+    from ..viz import heatmap, label_png, overlay
 
     out_dir = check_writable_dir(Path(args.out))
     images = [Path(p) for p in args.images]
@@ -118,7 +118,7 @@ def cmd_segment(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .backbones import describe_models
+    from ..modeling.backbones import describe_models
 
     for name, desc in describe_models():
         if args.all or not desc.startswith("open_clip; pretrained tags: none"):
@@ -127,7 +127,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     out = check_writable_dir(Path(args.out))
     run_demo(out, seed=args.seed, model=args.model, pretrained=args.pretrained)
@@ -135,12 +135,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from .config import load_config
-    from .pretrain import PretrainConfig, pretrain
+    from ..config import load_config
+    from ..engine.pretrain import PretrainConfig, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if args.export:
-        from .pretrain import export_weights
+        from ..engine.pretrain import export_weights
 
         ckpt = Path(cfg.out_dir) / "last.pt"
         if not ckpt.is_file():
@@ -153,7 +153,7 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from ..evaluation.bench import run_bench
 
     run_bench(size=args.size, repeats=args.repeats, model=args.model, out=args.out)
     return 0
@@ -216,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     for name, module, func, helptext in (
-        ("eval", "evaluation", "cli_eval", "score zero-shot vs few-shot on a benchmark"),
-        ("train", "training", "cli_train", "episodic meta-training of the fusion head"),
-        ("tune-prompts", "training", "cli_tune_prompts", "learn context vectors for a new class"),
+        ("eval", "evaluation.harness", "cli_eval", "score zero-shot vs few-shot on a benchmark"),
+        ("train", "engine.train", "cli_train", "episodic meta-training of the fusion head"),
+        ("tune-prompts", "engine.prompt_tuning", "cli_tune_prompts", "learn context vectors for a new class"),
     ):
         sp = sub.add_parser(name, help=helptext, add_help=False)
         sp.add_argument("rest", nargs=argparse.REMAINDER)

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError, ModelError
 from .dense import VARIANTS, BlockParts, DenseFeatures, ViTParts, default_taps, interpolate_pos_embed, vit_dense
-from .errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # vlfss/assets
 TINY_MODEL = "vlfss-tiny-vit"
 TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
 

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from . import functional as fn
-from .errors import InputError
 
 if TYPE_CHECKING:  # only for annotations: model.py imports this module
-    from .model import ClassSpec, Encoded, TrainingFreeConfig
+    from .config import TrainingFreeConfig
+    from .types import ClassSpec, Encoded
 
 
 def text_background(z: Tensor, level: float | None, bg_text: Tensor | None, neg_text: Tensor | None) -> Tensor | float:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
-from .io_utils import atomic_save_safetensors
+from ..errors import InputError
+from ..io_utils import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,11 @@ PROMPT_FILE_FORMAT = "vlfss-prompt/1"
 
 def prompts_dir() -> Path:
     """The folder with templates/ and classnames/: installed package data, else the source tree's prompts/."""
-    installed = Path(__file__).resolve().parent / "prompts_data"
+    package = Path(__file__).resolve().parents[1]  # vlfss/
+    installed = package / "prompts_data"
     if (installed / "templates").is_dir():
         return installed
-    return Path(__file__).resolve().parent.parent / "prompts"
+    return package.parent / "prompts"
 
 
 def list_templates() -> list[str]:

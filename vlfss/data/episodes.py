@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from .data.base import IGNORE_LABEL, SegDataset
-from .errors import DataError, InputError
+from ..errors import DataError, InputError
+from .base import IGNORE_LABEL, SegDataset
 
 logger = logging.getLogger(__name__)
 
-EPISODES_FORMAT = "vlfss.episodes"
+EPISODES_FORMAT = "vlfss.data.episodes"
 EPISODES_VERSION = 1
 QUERY_SAMPLING = ("class", "pair")
 
@@ -253,7 +253,7 @@ def save_episodes(path: str | Path, specs: Sequence[EpisodeSpec], meta: dict[str
 
     ``shots`` and ``n_way`` are filled in from the specs. Returns the hash. Written atomically.
     """
-    from .io_utils import atomic_write_text
+    from ..io_utils import atomic_write_text
 
     if not isinstance(meta, dict) or not isinstance(meta.get("benchmark"), str):
         raise InputError("meta must be a dict with at least a 'benchmark' name, e.g. {'benchmark': 'pascal5i', "

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.synthetic import CLASS_NAMES, NUM_CLASSES, SyntheticConfig, class_prompt, generate_scene
-from .io_utils import atomic_save_safetensors, atomic_write_text
+from ..data.synthetic import CLASS_NAMES, NUM_CLASSES, SyntheticConfig, class_prompt, generate_scene
+from ..io_utils import atomic_save_safetensors, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig, views: b
 
 def dense_embeddings(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled B x D, patch tokens B x P x D) in the joint space, before normalisation."""
-    from .dense import interpolate_pos_embed
+    from ..modeling.dense import interpolate_pos_embed
 
     vis = model.visual
     grid = (images.shape[-2] // vis.patch_size[0], images.shape[-1] // vis.patch_size[1])
@@ -240,7 +240,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
     """Train; checkpoint every ``checkpoint_every`` steps; resume from ``out_dir/last.pt`` if present."""
     import open_clip
 
-    from .backbones import register_open_clip_configs
+    from ..modeling.backbones import register_open_clip_configs
 
     register_open_clip_configs()
     torch.set_num_threads(cfg.threads)
@@ -262,7 +262,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
     elif cfg.init_weights:
         from safetensors.torch import load_file
 
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         if not Path(cfg.init_weights).is_file():
             raise ConfigError(f"init_weights {cfg.init_weights} does not exist; pass an existing .safetensors file")

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError, ModelError
 from . import functional as fn
-from .errors import InputError, ModelError
-from .model import ClassSpec, Encoded, SegHead
+from .head import SegHead
+from .types import ClassSpec, Encoded
 
 log = logging.getLogger(__name__)
 

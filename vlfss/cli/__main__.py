@@ -1,0 +1,7 @@
+"""`python -m vlfss.cli ...` (torchrun uses this form)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

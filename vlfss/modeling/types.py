@@ -1,0 +1,80 @@
+"""The types every part shares: encoded features, a class of a request, and the segmentation output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional as fn
+
+INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
+
+
+# ------------------------------------------------------------------------------------------- output
+@dataclass
+class SegmentationOutput:
+    """Per-image result at the image's original size."""
+
+    class_names: list[str]  # N names; label i+1 is class_names[i], 0 is background
+    logits: Tensor  # (N+1) x H x W
+    probs: Tensor  # (N+1) x H x W, softmax over background + classes
+    labels: Tensor  # H x W long, argmax of probs
+    masks: Tensor  # N x H x W bool, labels == i+1
+    confidence: Tensor  # H x W, max probability
+    entropy: Tensor  # H x W, normalised entropy (0 certain, 1 uniform)
+
+    def summary(self) -> dict[str, Any]:
+        """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
+        total = int(self.labels.numel())
+        classes = []
+        for i, name in enumerate(self.class_names):
+            m = self.masks[i]
+            area = int(m.sum())
+            classes.append({"label": i + 1, "name": name, "area_px": area, "area_frac": round(area / total, 5),
+                            "mean_confidence": round(float(self.confidence[m].mean()) if area else 0.0, 4)})
+        return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]), "classes": classes,
+                "mean_confidence": round(float(self.confidence.mean()), 4),
+                "mean_entropy": round(float(self.entropy.mean()), 4)}
+
+
+def make_output(logits: Tensor, class_names: list[str]) -> SegmentationOutput:
+    """(N+1) x H x W logits -> SegmentationOutput."""
+    probs = logits.float().softmax(0)
+    labels = probs.argmax(0)
+    n = len(class_names)
+    masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
+    return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
+                              confidence=probs.max(0).values,
+                              entropy=fn.normalised_entropy(probs.unsqueeze(0))[0])
+
+
+# ------------------------------------------------------------------------------------ internal data
+@dataclass
+class Encoded:
+    """Cached features of one image at encoder resolution."""
+
+    taps: list[Tensor]  # each C x h x w
+    z: Tensor  # D x h x w
+    rgb: Tensor  # 3 x H' x W' normalised encoder input (for the decoder's RGB stem)
+    size: tuple[int, int]  # original H, W
+
+
+@dataclass
+class ClassSpec:
+    """One class of a request: its name, text embedding and encoded support examples."""
+
+    name: str
+    text: Tensor | None  # D normalised
+    supports: list[tuple[Encoded, Tensor]]  # (features, mask at encoder input size H' x W' in {0,1,255})
+
+
+def input_kind(spec: ClassSpec) -> str:
+    """``text``, ``shots`` or ``text+shots``: what the class was given as (one of INPUT_KINDS)."""
+    if spec.supports:
+        return "text+shots" if spec.text is not None else "shots"
+    return "text"
+
+

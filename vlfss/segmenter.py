@@ -1,0 +1,322 @@
+"""The segmenter: one forward for text-only, examples-only and text+examples, 1..N classes, 0..K shots.
+
+``Segmenter`` composes a frozen backbone (``modeling.backbones``), prompts (``modeling.prompts``), the pure maths
+in ``modeling.functional`` and, in learned mode, a ``SegHead`` (cross-attention fusion + decoder). Images keep
+their aspect: the long side is resized to ``input_size`` (sides rounded to the patch size), features are cached
+per image content, and masks come back at each image's original size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import FeatureCache, content_hash
+from .config import from_dict
+from .data.image import ImageLike, load_image, load_mask
+from .errors import InputError, ModelError
+from .modeling import functional as fn
+from .modeling import training_free as tf
+from .modeling.adapt import adapt_head
+from .modeling.backbones import FrozenBackbone, build_backbone
+from .modeling.config import HeadConfig, TrainingFreeConfig
+from .modeling.head import SegHead
+from .modeling.head_file import default_head_path, load_head
+from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
+from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "training-free", "learned"]
+
+
+@dataclass
+class SegmenterConfig:
+    """Everything that decides what the segmenter computes."""
+
+    model: str = "vlfss-tiny"  # backbone name (see `vlfss models`)
+    pretrained: str | None = None  # open_clip tag or local weights file; None: the model's default
+    cache_dir: str | None = None  # where hub downloads go (open_clip / transformers)
+    device: str = "cpu"
+    mode: Mode = "auto"  # auto: learned when head weights exist, else training-free
+    head_path: str | None = None  # learned head (safetensors); None: the one shipped for the model, if any
+    variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
+    templates: str | None = None  # template set (prompts/templates/<name>.txt) or a file; None: the model's default
+    input_size: int | None = None  # encoder long side in pixels; None: the model's native size
+    autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
+    feature_cache_items: int = 256  # in-memory feature cache size
+    feature_cache_dir: str | None = None  # optional on-disk feature cache
+    training_free: TrainingFreeConfig = field(default_factory=TrainingFreeConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+# ------------------------------------------------------------------------------------- segmenter
+Support = tuple[ImageLike, ImageLike]
+
+
+class Segmenter(nn.Module):
+    """Frozen backbone + prompts + (optional) learned head behind one ``segment`` call."""
+
+    def __init__(self, backbone: FrozenBackbone, cfg: SegmenterConfig | None = None,
+                 head: SegHead | None = None, head_variant: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or SegmenterConfig()
+        self.backbone = backbone
+        self.head = head
+        default_variant = getattr(backbone, "default_variant", "clearclip" if backbone.has_text else "plain")
+        self.variant = self.cfg.variant or default_variant
+        self.head_variant = head_variant or self.variant
+        if self.cfg.training_free.proto_features is None:  # resolve the model's default once, visibly in cfg
+            tfc = dataclasses.replace(self.cfg.training_free,
+                                      proto_features=getattr(backbone, "default_proto_features", "z"))
+            self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
+        tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
+        tf.check_shot_pooling(self.cfg.training_free.shot_pooling, "training_free.shot_pooling")
+        t = self.cfg.training_free
+        tf.check_metric(t.metric, t.shrinkage, t.mahalanobis_scale, "training_free.")
+        self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
+        template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
+        self.templates = load_templates(template_set) if backbone.has_text else []
+        self.prompt_learners: dict[str, PromptLearner] = {}
+        self.image_encodes = 0  # images actually run through the encoder (cache misses)
+
+    # ---------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, cfg: SegmenterConfig) -> Segmenter:
+        """Build the backbone and, unless training-free, load the learned head."""
+        backbone = build_backbone(cfg.model, cfg.pretrained, cfg.cache_dir, cfg.device)
+        head, head_variant = None, None
+        head_path = cfg.head_path or default_head_path(cfg.model)
+        if cfg.mode == "learned" and head_path is None:
+            raise ModelError(f"no learned head is shipped for {cfg.model!r}; pass --head FILE or use "
+                             "--mode training-free")
+        if cfg.mode != "training-free" and head_path is not None:
+            if cfg.mode == "learned" or Path(head_path).is_file():
+                head, head_variant = load_head(head_path, backbone)
+        seg = cls(backbone, cfg, head, head_variant)
+        return seg.to(cfg.device)
+
+    @property
+    def mode(self) -> str:
+        if self.cfg.mode == "auto":
+            return "learned" if self.head is not None else "training-free"
+        return self.cfg.mode
+
+    def use_prompt_file(self, path: str | Path) -> list[str]:
+        """Register learned prompts; their class names then use the learned context. Returns the names."""
+        pl = PromptLearner.load(path, self.backbone)
+        for name in pl.class_names:
+            self.prompt_learners[name] = pl
+        return pl.class_names
+
+    # ---------------------------------------------------------------------------------- encoding
+    def encoder_size(self, h: int, w: int) -> tuple[int, int]:
+        """Long side -> input_size, sides rounded to multiples of the patch size (at least one patch)."""
+        side = self.cfg.input_size or self.backbone.image_size
+        p = self.backbone.patch_size
+        s = side / max(h, w)
+        return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
+
+    def _to_input(self, image: np.ndarray, size: tuple[int, int]) -> Tensor:
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
+        return ((x - mean) / std)[0]
+
+    def encode(self, images: Sequence[np.ndarray], variant: str | None = None) -> list[Encoded]:
+        """Features of RGB uint8 images, from the cache where possible; misses of one size run as one batch."""
+        variant = variant or self.variant
+        out: list[Encoded | None] = [None] * len(images)
+        todo: dict[tuple[int, int], list[tuple[int, str, Tensor]]] = {}
+        for i, img in enumerate(images):
+            size = self.encoder_size(*img.shape[:2])
+            key = FeatureCache.key(self.backbone.model_id, variant, size, content_hash(img))
+            hit = self.cache.get(key)
+            x = self._to_input(img, size)
+            if hit is not None:
+                out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(len(self.backbone.taps))], z=hit["z"], rgb=x,
+                                 size=tuple(img.shape[:2]))
+            else:
+                todo.setdefault(size, []).append((i, key, x))
+        for items in todo.values():
+            batch = torch.stack([x for _, _, x in items]).to(self.backbone.device)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
+                                and self.backbone.device.type == "cpu"):
+                feats = self.backbone.dense(batch, variant)
+            self.image_encodes += len(items)
+            for j, (i, key, x) in enumerate(items):
+                entry = {f"tap{t}": feats.taps[t][j].float().clone() for t in range(len(feats.taps))}
+                entry["z"] = feats.z[j].float().clone()
+                self.cache.put(key, entry)
+                out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(len(feats.taps))], z=entry["z"], rgb=x,
+                                 size=tuple(images[i].shape[:2]))
+        return out  # type: ignore[return-value]
+
+    def _support_mask(self, mask: np.ndarray, size: tuple[int, int]) -> Tensor:
+        m = torch.from_numpy(mask)[None, None].float()
+        return F.interpolate(m, size=size, mode="nearest")[0, 0].to(torch.uint8)
+
+    def text_embeddings(self, names: list[str]) -> Tensor:
+        """N x D class embeddings: learned prompts where registered, else the template ensemble."""
+        if not self.backbone.has_text:
+            raise InputError(f"model {self.backbone.model_id} has no text encoder; give support examples, not text")
+        rows = []
+        for name in names:
+            if name in self.prompt_learners:
+                pl = self.prompt_learners[name]
+                rows.append(pl.embeddings()[pl.class_names.index(name)])
+            else:
+                rows.append(ensemble_text_embeddings(self.backbone, [name], self.templates)[0])
+        return torch.stack(rows)
+
+    # ---------------------------------------------------------------------------------- requests
+    def build_specs(self, texts: Sequence[str | None] | str | None, supports, variant: str) -> list[ClassSpec]:
+        """Normalise the user's (texts, supports) into ClassSpecs, validating every input."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts) if texts is not None else []
+        sup = _normalise_supports(supports, len(texts))
+        n = max(len(texts), len(sup))
+        if n == 0:
+            raise InputError("nothing to segment: give --text and/or --support examples")
+        if texts and sup and len(texts) != len(sup):
+            raise InputError(f"{len(texts)} texts but support examples for {len(sup)} classes; give one support "
+                             "list per text (an empty list for a text-only class)")
+        texts = texts or [None] * n
+        sup = sup or [[] for _ in range(n)]
+        specs = []
+        emb_names = [t for t in texts if t]
+        emb = dict(zip(emb_names, self.text_embeddings(emb_names))) if emb_names else {}
+        for ci, (t, pairs) in enumerate(zip(texts, sup)):
+            if not t and not pairs:
+                raise InputError(f"class {ci + 1} has neither text nor support examples")
+            encoded = self._encode_pairs(pairs, f"class {ci + 1} support", variant)
+            specs.append(ClassSpec(name=t or f"class{ci + 1}", text=emb.get(t) if t else None, supports=encoded))
+        return specs
+
+    def _encode_pairs(self, pairs, label: str, variant: str) -> list[tuple[Encoded, Tensor]]:
+        imgs, masks = [], []
+        for k, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"{label} {k + 1}: expected an (image, mask) pair")
+            img = load_image(pair[0], f"{label} {k + 1} image")
+            name = f"{label} {k + 1} mask" + (f" ({pair[1]})" if isinstance(pair[1], (str, Path)) else "")
+            masks.append(load_mask(pair[1], img.shape, name))
+            imgs.append(img)
+        enc = self.encode(imgs, variant) if imgs else []
+        return [(e, self._support_mask(m, tuple(e.rgb.shape[-2:]))) for e, m in zip(enc, masks)]
+
+    # ---------------------------------------------------------------------------------- scoring
+    def training_free_logits(self, query: Encoded, specs: list[ClassSpec],
+                             negatives: list[tuple[Encoded, Tensor]], neg_text: Tensor | None = None,
+                             state: tf.SupportState | None = None) -> Tensor:
+        """Per-class foreground log-odds N x h x w: text on Z, prototypes on ``training_free.proto_features``.
+        ``state``: ``tf.support_state(specs, negatives, self.cfg.training_free)``, shared over query images."""
+        cfg = self.cfg.training_free
+        scale = cfg.text_scale if cfg.text_scale is not None else self.backbone.logit_scale
+        return tf.training_free_logits(query, specs, negatives, cfg, scale,
+                                       self._text_background(query.z.unsqueeze(0), neg_text), state)
+
+    def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
+        """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""
+        cfg = self.cfg.training_free
+        level = cfg.text_threshold
+        if level is None and self.backbone.logit_bias is not None:
+            level = -self.backbone.logit_bias / self.backbone.logit_scale
+        bg = None
+        if level is None:
+            bg = ensemble_text_embeddings(self.backbone, cfg.background_prompts, self.templates)
+        return tf.text_background(z, level, bg, neg_text)
+
+    # ---------------------------------------------------------------------------------- public
+    def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
+                supports=None, negatives=None, mode: Mode | None = None, adapt_steps: int = 0,
+                ) -> SegmentationOutput | list[SegmentationOutput]:
+        """Segment one image (returns one output) or a list of images (returns a list).
+
+        texts: class names/prompts (one per class). supports: for one class a list of (image, mask)
+        pairs, for N classes a list of N such lists. negatives: (image, mask) pairs of things that are
+        *not* the target, and/or strings naming them. adapt_steps > 0 fine-tunes a copy of the learned
+        head on the support set before predicting (test-time adaptation).
+        """
+        single = not isinstance(images, (list, tuple))
+        imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
+                for i, x in enumerate([images] if single else images)]
+        mode = mode or self.mode
+        if mode == "auto":
+            mode = self.mode
+        if mode == "learned" and self.head is None:
+            raise ModelError("learned mode needs head weights; pass --head FILE or use --mode training-free")
+        variant = self.head_variant if mode == "learned" else self.variant
+        specs = self.build_specs(texts, supports, variant)
+        neg_pairs = [p for p in (negatives or []) if not isinstance(p, str)]
+        neg_strs = [p for p in (negatives or []) if isinstance(p, str)]
+        negs = self._encode_pairs(neg_pairs, "negative", variant)
+        neg_text = self.text_embeddings(neg_strs) if neg_strs else None
+        queries = self.encode(imgs, variant)
+        head = self.head
+        if mode == "learned" and adapt_steps > 0:
+            head = adapt_head(self, specs, negs, steps=adapt_steps)
+        outs = []
+        declined = [i for i, s in enumerate(specs) if mode == "learned" and input_kind(s) not in head.cfg.use_for]
+        with_prior = mode == "learned" and head.uses_prior(specs)
+        with torch.no_grad():  # the supports' side of the scoring, once for all the query images
+            if mode != "learned":
+                state = tf.support_state(specs, negs, self.cfg.training_free)
+            elif with_prior:
+                state = head.prior_state(specs, negs)
+        for q in queries:
+            with torch.no_grad():
+                if mode == "learned":  # the prior once per query, for the head and for the kinds it declines
+                    prior = head.prior(q, specs, negs, state) if with_prior else None
+                    fg = up(head([q], specs, negs, None if prior is None else prior[None])[0], q.size)
+                    if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
+                        fg[declined] = up(prior, q.size)[declined]  # as training-free mode does
+                else:
+                    fg = up(self.training_free_logits(q, specs, negs, neg_text, state), q.size)
+            outs.append(make_output(fn.nway_logits(fg.unsqueeze(0))[0], [s.name for s in specs]))
+        return outs[0] if single else outs
+
+
+def up(fg: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-class log-odds N x h x w -> N x H x W, bilinear (the image's own size)."""
+    return F.interpolate(fg.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _normalise_supports(supports, n_texts: int) -> list[list]:
+    """Accept None, [(img, mask), ...] (one class) or [[(img, mask), ...], ...] (one list per class)."""
+    if supports is None:
+        return []
+    if not isinstance(supports, (list, tuple)):
+        raise InputError("supports must be a list of (image, mask) pairs, or one such list per class")
+    if len(supports) == 0:
+        return []
+    first = supports[0]
+    is_pair = isinstance(first, tuple) and len(first) == 2 and not isinstance(first[0], (list, tuple))
+    if is_pair and n_texts <= 1:
+        return [list(supports)]
+    return [list(s) for s in supports]
+
+
+
+
+def build_segmenter(model: str = "vlfss-tiny", **kwargs: Any) -> Segmenter:
+    """Convenience: ``build_segmenter("ViT-B-16", pretrained="openai", mode="training-free")``."""
+    cfg = from_dict(SegmenterConfig, {"model": model, **kwargs})
+    return Segmenter.from_config(cfg)
+
+
+def segment(image: ImageLike, texts=None, supports=None, model: str = "vlfss-tiny", **kwargs: Any):
+    """One-call API: build a segmenter (cached per arguments is the caller's job) and segment one image."""
+    return build_segmenter(model, **kwargs).segment(image, texts=texts, supports=supports)
