@@ -405,12 +405,12 @@ def test_unwritable_or_full_output_dir_fails_before_training(make_cfg, tmp_path,
         fit(make_cfg(out=blocker / "run"))
     import shutil
 
-    import vlfss.engine.checkpoint as ck
+    import vlfss.io_utils
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    monkeypatch.setattr(vlfss.io_utils.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     calls = []
-    with pytest.raises(InputError, match=r"MiB free but training needs about"):
+    with pytest.raises(InputError, match=r"MiB free but needs about .* MiB; free space or set out_dir"):
         fit(make_cfg(out=tmp_path / "full"), on_step=lambda s, loss: calls.append(s))
     assert calls == [] and not (tmp_path / "full" / "log.jsonl").exists()
 

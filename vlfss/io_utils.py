@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .errors import InputError
 
 
 def _ordinary_permissions(path: str | Path) -> None:
@@ -66,3 +69,21 @@ def atomic_save_image(image, path: str | Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder", fix: str = "choose another with --out",
+                       need_bytes: int = 0) -> Path:
+    """Create ``path`` if needed and prove it is writable (and has ``need_bytes`` free) before any work is done;
+    an InputError names the folder and ``fix`` otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vlfss-write-test"):
+            pass
+    except OSError as e:
+        raise InputError(f"{what} {path} is not writable ({e.strerror or e}); {fix}") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise InputError(f"{what} {path} has {free / 2**20:.1f} MiB free but needs about {need_bytes / 2**20:.1f} "
+                         f"MiB; free space or {fix}")
+    return path

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,36 +27,13 @@ from .modeling import functional as fn
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
-from .modeling.config import HeadConfig, TrainingFreeConfig
+from .modeling.config import Mode, SegmenterConfig
 from .modeling.head import SegHead
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 
 log = logging.getLogger(__name__)
-
-Mode = Literal["auto", "training-free", "learned"]
-
-
-@dataclass
-class SegmenterConfig:
-    """Everything that decides what the segmenter computes."""
-
-    model: str = "vlfss-tiny"  # backbone name (see `vlfss models`)
-    pretrained: str | None = None  # open_clip tag or local weights file; None: the model's default
-    cache_dir: str | None = None  # where hub downloads go (open_clip / transformers)
-    device: str = "cpu"
-    mode: Mode = "auto"  # auto: learned when head weights exist, else training-free
-    head_path: str | None = None  # learned head (safetensors); None: the one shipped for the model, if any
-    variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
-    templates: str | None = None  # template set (prompts/templates/<name>.txt) or a file; None: the model's default
-    input_size: int | None = None  # encoder long side in pixels; None: the model's native size
-    autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
-    feature_cache_items: int = 256  # in-memory feature cache size
-    feature_cache_dir: str | None = None  # optional on-disk feature cache
-    training_free: TrainingFreeConfig = field(default_factory=TrainingFreeConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
-
 
 # ------------------------------------------------------------------------------------- segmenter
 Support = tuple[ImageLike, ImageLike]

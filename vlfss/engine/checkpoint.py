@@ -17,8 +17,6 @@ import io
 import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
-from ..io_utils import atomic_save_safetensors, atomic_write_bytes, atomic_write_text
+from ..io_utils import atomic_save_safetensors, atomic_write_bytes, atomic_write_text, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +82,8 @@ def estimate_checkpoint_bytes(num_params: int, keep: int) -> int:
 
 
 def check_output_dir(path: str | Path, need_bytes: int = 0) -> Path:
-    """Create ``path``, prove it is writable and has ``need_bytes`` free; raise InputError naming it otherwise."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".vlfss-write-test"):
-            pass
-    except OSError as e:
-        raise InputError(f"output folder {path} is not writable ({e.strerror or e}); set out_dir=... to a writable "
-                         "folder") from None
-    free = shutil.disk_usage(path).free
-    if free < need_bytes:
-        raise InputError(f"output folder {path} has {free / 2**20:.1f} MiB free but training needs about "
-                         f"{need_bytes / 2**20:.1f} MiB for checkpoints; free space or set out_dir=... elsewhere")
-    return path
+    """Create ``path``, prove it is writable and has ``need_bytes`` free for checkpoints; InputError otherwise."""
+    return check_writable_dir(path, "output folder", "set out_dir=... to a writable folder", need_bytes)
 
 
 # ------------------------------------------------------------------------------------------ save / load

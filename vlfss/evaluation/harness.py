@@ -930,8 +930,8 @@ def parse_eval_args(argv: Sequence[str]) -> EvalRequest:
 def run_eval(argv: Sequence[str], segmenter: Any = None) -> EvalResults:
     """Parse, check the data, build the segmenter (unless given), initialise torchrun if present, evaluate."""
     req = parse_eval_args(argv)
-    from ..cli import check_writable_dir
     from ..data import build_benchmark
+    from ..io_utils import check_writable_dir
 
     if req.options.out_dir:
         check_writable_dir(Path(req.options.out_dir))

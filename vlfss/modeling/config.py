@@ -1,11 +1,15 @@
-"""Configs of the modelling parts: training-free scoring and the learned head."""
+"""What the segmenter computes: its config and its parts' (training-free scoring, the learned head).
+
+Plain dataclasses with no torch import, so the CLI reads its defaults from here cheaply.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .types import INPUT_KINDS
+INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
+Mode = Literal["auto", "training-free", "learned"]
 
 
 @dataclass
@@ -58,3 +62,21 @@ class HeadConfig:
     # for them), so what it learns on base classes is class-agnostic and carries over to novel ones (HSNet, PFENet)
 
 
+@dataclass
+class SegmenterConfig:
+    """Everything that decides what the segmenter computes."""
+
+    model: str = "vlfss-tiny"  # backbone name (see `vlfss models`)
+    pretrained: str | None = None  # open_clip tag or local weights file; None: the model's default
+    cache_dir: str | None = None  # where hub downloads go (open_clip / transformers)
+    device: str = "cpu"
+    mode: Mode = "auto"  # auto: learned when head weights exist, else training-free
+    head_path: str | None = None  # learned head (safetensors); None: the one shipped for the model, if any
+    variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
+    templates: str | None = None  # template set (prompts/templates/<name>.txt) or a file; None: the model's default
+    input_size: int | None = None  # encoder long side in pixels; None: the model's native size
+    autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
+    feature_cache_items: int = 256  # in-memory feature cache size
+    feature_cache_dir: str | None = None  # optional on-disk feature cache
+    training_free: TrainingFreeConfig = field(default_factory=TrainingFreeConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)

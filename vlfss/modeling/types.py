@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from . import functional as fn
-
-INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
+from .config import INPUT_KINDS  # noqa: F401 - re-exported: the kinds input_kind returns
 
 
 # ------------------------------------------------------------------------------------------- output
