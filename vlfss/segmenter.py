@@ -48,19 +48,19 @@ class Segmenter(nn.Module):
         self.cfg = cfg or SegmenterConfig()
         self.backbone = backbone
         self.head = head
-        default_variant = getattr(backbone, "default_variant", "clearclip" if backbone.has_text else "plain")
-        self.variant = self.cfg.variant or default_variant
+        defaults = backbone.defaults  # the model's own; the config's None fields resolve to them here, once
+        self.variant = self.cfg.variant or defaults.variant
         self.head_variant = head_variant or self.variant
         if self.cfg.training_free.proto_features is None:  # resolve the model's default once, visibly in cfg
             tfc = dataclasses.replace(self.cfg.training_free,
-                                      proto_features=getattr(backbone, "default_proto_features", "z"))
+                                      proto_features=defaults.proto_features)
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
         tf.check_shot_pooling(self.cfg.training_free.shot_pooling, "training_free.shot_pooling")
         t = self.cfg.training_free
         tf.check_metric(t.metric, t.shrinkage, t.mahalanobis_scale, "training_free.")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
-        template_set = self.cfg.templates or getattr(backbone, "default_templates", "default")
+        template_set = self.cfg.templates or defaults.templates
         self.templates = load_templates(template_set) if backbone.has_text else []
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)

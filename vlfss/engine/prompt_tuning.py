@@ -158,7 +158,7 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
 def save_prompt(res: PromptTuneResult, out: str | Path, segmenter, cfg: PromptTuneConfig, n_images: int) -> Path:
     """Write a learned prompt with how it was trained in its header (atomic)."""
     extra = {"steps": cfg.steps, "lr": cfg.lr, "anchor_weight": cfg.anchor_weight, "images": n_images,
-             "templates": segmenter.cfg.templates or getattr(segmenter.backbone, "default_templates", "default"),
+             "templates": segmenter.cfg.templates or segmenter.backbone.defaults.templates,
              "variant": segmenter.variant,
              "final_loss": res.losses[-1], "train_iou_templates": res.train_iou_templates,
              "train_iou_tuned": res.train_iou_tuned}

@@ -14,6 +14,7 @@ features are computed under ``torch.inference_mode``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import OrderedDict
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError, ModelError
+from .config import ModelDefaults
 from .dense import VARIANTS, BlockParts, DenseFeatures, ViTParts, default_taps, interpolate_pos_embed, vit_dense
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class FrozenBackbone(nn.Module):
     logit_scale: float = 100.0  # exp(logit_scale) of the model: cosine -> logit
     logit_bias: float | None = None  # SigLIP-style bias where the model has one
     context_length: int = 77
+    defaults: ModelDefaults = ModelDefaults()  # the model's own variant / templates / prototype features
 
     def __init__(self) -> None:
         super().__init__()
@@ -369,6 +372,7 @@ class TimmBackbone(FrozenBackbone):
     """A visual-only timm model (e.g. resnet50, vit_small_patch14_dinov2): features, no text."""
 
     has_text = False
+    defaults = ModelDefaults(variant="plain")  # no text, no last-block rewrite: plain features for prototypes
 
     def __init__(self, name: str, pretrained: str | None = None, device: str = "cpu") -> None:
         super().__init__()
@@ -414,33 +418,35 @@ class BackboneSpec:
     name: str
     description: str
     builder: Callable[..., FrozenBackbone]
+    defaults: ModelDefaults  # the model's own defaults (variant, templates, prototype features)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, description: str) -> Callable:
-    """Decorator: register a builder ``(pretrained, cache_dir, device, taps) -> FrozenBackbone`` under ``name``."""
+def register_backbone(name: str, description: str, defaults: ModelDefaults = ModelDefaults()) -> Callable:
+    """Decorator: register a builder ``(pretrained, cache_dir, device, taps) -> FrozenBackbone`` under ``name``,
+    with the model's own ``defaults`` (``build_backbone`` attaches them to the backbone it builds)."""
 
     def deco(fn: Callable[..., FrozenBackbone]) -> Callable[..., FrozenBackbone]:
-        _REGISTRY[name] = BackboneSpec(name, description, fn)
+        _REGISTRY[name] = BackboneSpec(name, description, fn, defaults)
         return fn
 
     return deco
 
 
-@register_backbone("vlfss-tiny", "tiny CLIP ViT (96 px, patch 6) trained on the synthetic world; embedded, offline")
+# The tiny CLIP was trained with a token-wise loss, so its last-layer tokens are text-aligned as they are (plain);
+# its captions used the "synthetic" phrasings; its second block's tokens (tap 0 of taps 1, 3, 4) match textures
+# across instances far better than the caption-trained last layer: 1-shot prototypes 38.5 vs 29.6 mIoU
+# (docs/results.md, "Training-free prototypes").
+@register_backbone("vlfss-tiny", "tiny CLIP ViT (96 px, patch 6) trained on the synthetic world; embedded, offline",
+                   ModelDefaults(variant="plain", templates="synthetic", proto_features="tap0"))
 def _build_tiny(pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu", taps=None):
     weights = pretrained or os.environ.get("VLFSS_TINY_WEIGHTS") or str(TINY_WEIGHTS)
     if not Path(weights).is_file():
         raise ModelError(f"embedded tiny CLIP weights missing at {weights}; reinstall vlfss or pass --pretrained FILE")
     backbone = OpenCLIPBackbone(TINY_MODEL, weights, cache_dir=cache_dir, taps=taps, device=device)
     backbone.model_id = f"vlfss-tiny@{_weights_id(weights)}"
-    backbone.default_variant = "plain"  # trained with token-wise loss: its last-layer tokens are text-aligned
-    backbone.default_templates = "synthetic"  # the phrasings its captions used
-    # its second block's tokens (tap 0 of taps 1, 3, 4) match textures across instances far better than the
-    # caption-trained last layer: 1-shot prototypes 38.5 vs 29.6 mIoU (README, "Training-free prototypes")
-    backbone.default_proto_features = "tap0" if backbone.taps and backbone.taps[0] == 1 else "z"
     return backbone
 
 
@@ -471,7 +477,12 @@ def build_backbone(name: str = "vlfss-tiny", pretrained: str | None = None, cach
                    device: str = "cpu", taps: tuple[int, ...] | None = None) -> FrozenBackbone:
     """Build a frozen backbone by name (see module docstring for the accepted forms)."""
     if name in _REGISTRY:
-        return _REGISTRY[name].builder(pretrained=pretrained, cache_dir=cache_dir, device=device, taps=taps)
+        spec = _REGISTRY[name]
+        backbone = spec.builder(pretrained=pretrained, cache_dir=cache_dir, device=device, taps=taps)
+        backbone.defaults = spec.defaults
+        if name == "vlfss-tiny" and not (backbone.taps and backbone.taps[0] == 1):  # custom taps: tap0 is another
+            backbone.defaults = dataclasses.replace(backbone.defaults, proto_features="z")  # layer; use z instead
+        return backbone
     if name.startswith("transformers:"):
         return TransformersCLIPBackbone(name.split(":", 1)[1], cache_dir=cache_dir, taps=taps, device=device)
     if name.startswith("timm:"):

@@ -12,6 +12,17 @@ INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a nam
 Mode = Literal["auto", "training-free", "learned"]
 
 
+@dataclass(frozen=True)
+class ModelDefaults:
+    """A model's own defaults, data on its registry entry (like timm's ``pretrained_cfg``). The segmenter's
+    ``None`` fields (``variant``, ``templates``, ``training_free.proto_features``) resolve to these, in one place:
+    ``Segmenter.__init__``."""
+
+    variant: str = "clearclip"  # dense last-block variant giving text-aligned patch embeddings (real CLIP weights)
+    templates: str = "default"  # template set its class names are wrapped in
+    proto_features: str = "z"  # features prototypes match on: "z" (text-aligned) or "tap<i>" (encoder tap i)
+
+
 @dataclass
 class TrainingFreeConfig:
     """How similarity maps become log-odds in training-free mode."""

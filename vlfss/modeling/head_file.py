@@ -84,11 +84,11 @@ def new_head(backbone: FrozenBackbone, cfg: HeadConfig | None = None) -> SegHead
     width = getattr(backbone, "width", backbone.embed_dim)
     bg = None
     if backbone.has_text and backbone.logit_bias is None:  # background level from prompts, as training-free does
-        templates = load_templates(getattr(backbone, "default_templates", "default"))
+        templates = load_templates(backbone.defaults.templates)
         bg = ensemble_text_embeddings(backbone, TrainingFreeConfig().background_prompts, templates)
     cfg = cfg or HeadConfig()
     if cfg.prior_proto_features is None:  # the file records the concrete choice
-        cfg = dataclasses.replace(cfg, prior_proto_features=getattr(backbone, "default_proto_features", "z"))
+        cfg = dataclasses.replace(cfg, prior_proto_features=backbone.defaults.proto_features)
     head = SegHead(width, len(backbone.taps), backbone.embed_dim, cfg, 0 if bg is None else len(bg))
     with torch.no_grad():
         head.prior_scale.fill_(float(backbone.logit_scale))
