@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,27 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------- segmenter
 Support = tuple[ImageLike, ImageLike]
+
+
+SupportsArg = Sequence[Support] | Sequence[Sequence[Support]] | None  # one class's pairs, or one list per class
+NegativesArg = Sequence[Support | str] | None  # (image, mask) pairs and/or names of what NOT to segment
+
+
+@dataclass
+class Request:
+    """A request's class side, prepared once (``Segmenter.prepare``) and reused for any number of query images."""
+
+    mode: str  # "training-free" or "learned", resolved
+    variant: str  # dense variant the features are encoded with
+    specs: list[ClassSpec]  # the classes: names, text embeddings, encoded supports
+    negatives: list[tuple[Encoded, Tensor]]  # encoded negative examples
+    neg_text: Tensor | None  # M x D embeddings of negative names (training-free text background)
+    head: SegHead | None  # the learned head (a test-time adapted copy with adapt_steps), None in training-free mode
+    state: tf.SupportState | None  # the supports' scoring state (None when the head needs no prior)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.name for s in self.specs]
 
 
 class Segmenter(nn.Module):
@@ -216,9 +238,55 @@ class Segmenter(nn.Module):
         return tf.text_background(z, level, bg, neg_text)
 
     # ---------------------------------------------------------------------------------- public
+    def prepare(self, texts: Sequence[str | None] | str | None = None, supports: SupportsArg = None,
+                negatives: NegativesArg = None, mode: Mode | None = None, adapt_steps: int = 0) -> Request:
+        """The class side of a request, once: text embeddings, encoded supports and negatives, the (adapted)
+        head and the supports' scoring state. ``predict`` then segments any number of images with it."""
+        mode = self.mode if mode in (None, "auto") else mode
+        if mode == "learned" and self.head is None:
+            raise ModelError("learned mode needs head weights; pass --head FILE or use --mode training-free")
+        variant = self.head_variant if mode == "learned" else self.variant
+        specs = self.build_specs(texts, supports, variant)
+        neg_pairs = [p for p in (negatives or []) if not isinstance(p, str)]
+        neg_strs = [p for p in (negatives or []) if isinstance(p, str)]
+        negs = self._encode_pairs(neg_pairs, "negative", variant)
+        neg_text = self.text_embeddings(neg_strs) if neg_strs else None
+        head = self.head if mode == "learned" else None
+        if head is not None and adapt_steps > 0:
+            head = adapt_head(self, specs, negs, steps=adapt_steps)
+        state = None
+        with torch.no_grad():  # the supports' side of the scoring, once for all the query images
+            if head is None:
+                state = tf.support_state(specs, negs, self.cfg.training_free)
+            elif head.uses_prior(specs):
+                state = head.prior_state(specs, negs)
+        return Request(mode, variant, specs, negs, neg_text, head, state)
+
+    def logits(self, query: Encoded, request: Request) -> Tensor:
+        """Per-class foreground log-odds N x H x W of one encoded query at its original size."""
+        specs, negs, head = request.specs, request.negatives, request.head
+        with torch.no_grad():
+            if head is None:
+                return up(self.training_free_logits(query, specs, negs, request.neg_text, request.state), query.size)
+            # the prior once per query, for the head and for the kinds it declines
+            prior = head.prior(query, specs, negs, request.state) if request.state is not None else None
+            fg = up(head([query], specs, negs, None if prior is None else prior[None])[0], query.size)
+            declined = [i for i, s in enumerate(specs) if input_kind(s) not in head.cfg.use_for]
+            if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
+                fg[declined] = up(prior, query.size)[declined]  # as training-free mode does
+            return fg
+
+    def predict(self, images: Sequence[ImageLike], request: Request) -> list[SegmentationOutput]:
+        """Segment images (encoded in batches, through the feature cache) with a prepared request."""
+        imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
+                for i, x in enumerate(images)]
+        names = [s.name for s in request.specs]
+        return [make_output(fn.nway_logits(self.logits(q, request).unsqueeze(0))[0], names)
+                for q in self.encode(imgs, request.variant)]
+
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
-                supports=None, negatives=None, mode: Mode | None = None, adapt_steps: int = 0,
-                ) -> SegmentationOutput | list[SegmentationOutput]:
+                supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
+                adapt_steps: int = 0) -> SegmentationOutput | list[SegmentationOutput]:
         """Segment one image (returns one output) or a list of images (returns a list).
 
         texts: class names/prompts (one per class). supports: for one class a list of (image, mask)
@@ -228,40 +296,8 @@ class Segmenter(nn.Module):
         """
         single = not isinstance(images, (list, tuple))
         imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
-                for i, x in enumerate([images] if single else images)]
-        mode = mode or self.mode
-        if mode == "auto":
-            mode = self.mode
-        if mode == "learned" and self.head is None:
-            raise ModelError("learned mode needs head weights; pass --head FILE or use --mode training-free")
-        variant = self.head_variant if mode == "learned" else self.variant
-        specs = self.build_specs(texts, supports, variant)
-        neg_pairs = [p for p in (negatives or []) if not isinstance(p, str)]
-        neg_strs = [p for p in (negatives or []) if isinstance(p, str)]
-        negs = self._encode_pairs(neg_pairs, "negative", variant)
-        neg_text = self.text_embeddings(neg_strs) if neg_strs else None
-        queries = self.encode(imgs, variant)
-        head = self.head
-        if mode == "learned" and adapt_steps > 0:
-            head = adapt_head(self, specs, negs, steps=adapt_steps)
-        outs = []
-        declined = [i for i, s in enumerate(specs) if mode == "learned" and input_kind(s) not in head.cfg.use_for]
-        with_prior = mode == "learned" and head.uses_prior(specs)
-        with torch.no_grad():  # the supports' side of the scoring, once for all the query images
-            if mode != "learned":
-                state = tf.support_state(specs, negs, self.cfg.training_free)
-            elif with_prior:
-                state = head.prior_state(specs, negs)
-        for q in queries:
-            with torch.no_grad():
-                if mode == "learned":  # the prior once per query, for the head and for the kinds it declines
-                    prior = head.prior(q, specs, negs, state) if with_prior else None
-                    fg = up(head([q], specs, negs, None if prior is None else prior[None])[0], q.size)
-                    if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
-                        fg[declined] = up(prior, q.size)[declined]  # as training-free mode does
-                else:
-                    fg = up(self.training_free_logits(q, specs, negs, neg_text, state), q.size)
-            outs.append(make_output(fn.nway_logits(fg.unsqueeze(0))[0], [s.name for s in specs]))
+                for i, x in enumerate([images] if single else images)]  # bad images fail before any work
+        outs = self.predict(imgs, self.prepare(texts, supports, negatives, mode, adapt_steps))
         return outs[0] if single else outs
 
 
