@@ -29,7 +29,8 @@ N_IMAGES, EPISODES, SHOTS, SEED = 100, 20, (0, 1), 0
 METRICS = ("miou", "fb_iou", "ece", "episode_miou")  # ratios of integer sums, so equal up to float rounding
 TOL = 1e-6
 
-pytestmark = pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="tiny CLIP weights not shipped in this checkout")
+pytestmark = [pytest.mark.skipif(not TINY_WEIGHTS.is_file(), reason="tiny CLIP weights not shipped in this checkout"),
+              pytest.mark.slow]  # about 12 s with two idle cores, 17 s of CPU
 
 
 def fold_head_path(fold: int) -> Path:
