@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import blob_scene
-from vlfss.errors import ModelError
+from vlfss.errors import InputError, ModelError
 from vlfss.modeling.adapt import adapt_head, flip_encoded, support_loss, support_pseudo_episodes
 from vlfss.modeling.head_file import new_head
 from vlfss.segmenter import Segmenter, SegmenterConfig
@@ -30,7 +30,7 @@ def test_adapt_head_changes_a_copy_and_lowers_the_support_loss(seg, rng):
     before = _state(seg.head)
     with torch.no_grad():
         loss0 = float(support_loss(seg.head, specs))
-    adapted = adapt_head(seg, specs, [], steps=8, lr=3e-3)
+    adapted = adapt_head(seg.head, specs, [], steps=8, lr=3e-3)
     assert adapted is not seg.head
     after = _state(seg.head)
     assert all(torch.equal(before[k], after[k]) for k in before)  # the original is untouched
@@ -67,17 +67,18 @@ def test_pseudo_episodes_leave_one_out_or_flip(seg, rng):
     assert torch.equal(flip_encoded(flip_encoded(enc)).z, enc.z)
 
 
-def test_nothing_to_adapt_on_and_errors(seg, tiny_backbone, rng):
+def test_nothing_to_adapt_on_and_errors(seg, rng):
     specs = seg.build_specs(["only text"], None, seg.head_variant)
     assert support_loss(seg.head, specs) is None
-    copy = adapt_head(seg, specs, [], steps=5)
+    copy = adapt_head(seg.head, specs, [], steps=5)
     assert all(torch.equal(a, b) for a, b in zip(copy.state_dict().values(), seg.head.state_dict().values(),
                                                  strict=True))
-    bare = Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))
     with pytest.raises(ModelError, match="learned head"):
-        adapt_head(bare, specs, [], steps=1)
-    with pytest.raises(Exception, match="non-negative"):
-        adapt_head(seg, specs, [], steps=-1)
+        adapt_head(None, specs, [], steps=1)
+    with pytest.raises(InputError, match="non-negative"):
+        adapt_head(seg.head, specs, [], steps=-1)
+    with pytest.raises(InputError, match="learning rate"):
+        adapt_head(seg.head, specs, [], steps=1, lr=0.0)
     with torch.no_grad():
         assert np.isfinite(float(support_loss(seg.head, seg.build_specs(None, [[blob_scene(rng)]], seg.head_variant))))
 
@@ -91,7 +92,7 @@ def test_adaptation_computes_each_pseudo_episode_prior_once(seg, rng):
     calls = []
     real = seg.head.prior
     seg.head.prior = lambda *a: calls.append(1) or real(*a)  # type: ignore[method-assign]
-    adapt_head(seg, specs, [], steps=6, lr=3e-3)  # the copy keeps the patched bound method's counter
+    adapt_head(seg.head, specs, [], steps=6, lr=3e-3)  # the copy keeps the patched bound method's counter
     seg.head.prior = real  # type: ignore[method-assign]
     assert len(calls) == 3
     with torch.no_grad():

@@ -46,20 +46,21 @@ def test_cosine_map_and_nway_labels():
 
 
 def test_single_class_softmax_equals_sigmoid():
-    x = torch.randn(1, 1, 4, 4)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     p = fn.nway_logits(x).softmax(1)[:, 1]
     assert torch.allclose(p, torch.sigmoid(x[:, 0]), atol=1e-6)
 
 
 def test_kmeans_separates_two_clusters():
-    a = torch.randn(20, 3) * 0.01 + torch.tensor([5.0, 0, 0])
-    b = torch.randn(20, 3) * 0.01 - torch.tensor([5.0, 0, 0])
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 3, generator=g) * 0.01 + torch.tensor([5.0, 0, 0])
+    b = torch.randn(20, 3, generator=g) * 0.01 - torch.tensor([5.0, 0, 0])
     c = fn.kmeans(torch.cat([a, b]), 2)
     assert sorted(c[:, 0].round().tolist()) == [-5.0, 5.0]
 
 
 def test_multi_prototypes_counts():
-    feats = torch.randn(2, 4, 4, 4)
+    feats = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     masks = torch.zeros(2, 8, 8, dtype=torch.uint8)
     masks[:, :4] = 1
     assert fn.multi_prototypes(feats, masks, 3).shape == (3, 4)
@@ -87,18 +88,30 @@ def test_losses_ignore_255_and_reward_correct_logits():
     assert math.isfinite(float(fn.nway_ce_dice_loss(logits, torch.full((1, 1, 2), 255))))
 
 
+def _standard_errors(x: torch.Tensor, a: float, b: float) -> tuple[float, float]:
+    """Asymptotic standard errors of a logistic fit's (slope, intercept) at the true (a, b): the square roots of
+    the diagonal of the inverse Fisher information sum p (1 - p) [x, 1] [x, 1]^T."""
+    p = torch.sigmoid(a * x.double() + b)
+    X = torch.stack([x.double(), torch.ones_like(x.double())], 1)
+    cov = torch.linalg.inv(X.T @ (X * (p * (1 - p)).unsqueeze(1)))
+    return float(cov[0, 0].sqrt()), float(cov[1, 1].sqrt())
+
+
 def test_fit_logistic_1d_recovers_slope_and_ignores_uninformative_scores():
+    """Within 4 standard errors of the truth (a fit off by more is broken, not unlucky: p < 1e-4)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4000, generator=g) * 0.05 + 0.2  # cosine-like scores: small spread, far from 0
     y = (torch.rand(4000, generator=g) < torch.sigmoid(60 * x - 13)).float()
     x0 = x.clone()
     a, b = fn.fit_logistic_1d(x, y, 1 - y, l2=1e-4)
-    assert abs(a - 60) < 8 and abs(b + 13) < 2
+    se_a, se_b = _standard_errors(x, 60.0, -13.0)
+    assert abs(a - 60) < 4 * se_a and abs(b + 13) < 4 * se_b
     assert torch.equal(x, x0)
-    noise = torch.randn(4000, generator=g)
+    noise = torch.randn(4000, generator=g)  # scores unrelated to the labels: slope 0, intercept the prior log-odds
     a, b = fn.fit_logistic_1d(noise, y, 1 - y)
     prior = math.log(float(y.mean()) / (1 - float(y.mean())))
-    assert abs(a) < 0.1 and abs(b - prior) < 0.1
+    se_a, se_b = _standard_errors(noise, 0.0, prior)
+    assert abs(a) < 4 * se_a and abs(b - prior) < 4 * se_b
     # soft labels: a cell half foreground counts half for each side
     a, b = fn.fit_logistic_1d(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]))
     assert abs(a) < 1e-6 and abs(b) < 1e-6
@@ -127,3 +140,31 @@ def test_discriminant_scores_differ_by_half_the_mahalanobis_distances():
     x = feats[0].flatten(1).T  # 4 x 3
     d2 = [((x - p) @ prec * (x - p)).sum(1) for p in protos]
     assert torch.allclose((s[0, 0] - s[0, 1]).flatten(), (d2[1] - d2[0]) / 2, atol=1e-4)
+
+
+def test_support_similarity_maps_known_answer():
+    """Query cells equal to the support's object score 1 against its foreground prototype and its best cell, and
+    0 against its background; background cells the reverse; channel order fg, bg, best cell."""
+    a, bg = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    obj = torch.zeros(2, 2, dtype=torch.bool)
+    obj[0, 0] = True
+    feats = torch.where(obj, a[:, None, None], bg[:, None, None])  # 2 x 2 x 2
+    masks = obj.to(torch.uint8).repeat_interleave(2, 0).repeat_interleave(2, 1)[None]  # 1 x 4 x 4
+    f0 = feats.clone()
+    maps = fn.support_similarity_maps(feats, feats[None], masks)
+    assert maps.shape == (3, 2, 2) and torch.equal(feats, f0)
+    assert torch.allclose(maps[0], obj.float()) and torch.allclose(maps[1], (~obj).float())
+    assert torch.allclose(maps[2], obj.float())
+    no_fg = fn.support_similarity_maps(feats, feats[None], torch.zeros_like(masks))
+    assert torch.equal(no_fg[2], torch.zeros(2, 2))  # no foreground cell: no correlation evidence
+
+
+def test_foreground_cells_and_strided_rows():
+    feats = torch.arange(8.0).view(1, 2, 2, 2)  # cells (0,4) (1,5) (2,6) (3,7)
+    fg_w = torch.tensor([[[1.0, 0.2], [0.3, 0.0]]])
+    assert fn.foreground_cells(feats, fg_w).tolist() == [[0.0, 4.0], [2.0, 6.0]]  # weight > 0.25
+    x = torch.arange(10.0)[:, None]
+    assert torch.equal(fn.strided_rows(x, 10), x)
+    assert fn.strided_rows(x, 4)[:, 0].tolist() == [0.0, 3.0, 6.0, 9.0]  # every ceil(10 / 4) = 3rd row
+    assert fn.strided_rows(x, 5)[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
+

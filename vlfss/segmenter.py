@@ -36,10 +36,8 @@ from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, 
 
 log = logging.getLogger(__name__)
 
-# ------------------------------------------------------------------------------------- segmenter
-Support = tuple[ImageLike, ImageLike]
-
-
+Support = tuple[ImageLike, ImageLike]  # an (image, mask) example
+TextsArg = Sequence[str | None] | str | None  # one name / prompt per class (None: a class given by examples only)
 SupportsArg = Sequence[Support] | Sequence[Sequence[Support]] | None  # one class's pairs, or one list per class
 NegativesArg = Sequence[Support | str] | None  # (image, mask) pairs and/or names of what NOT to segment
 
@@ -77,10 +75,7 @@ class Segmenter(nn.Module):
             tfc = dataclasses.replace(self.cfg.training_free,
                                       proto_features=defaults.proto_features)
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
-        tf.check_proto_features(self.cfg.training_free.proto_features, len(backbone.taps))
-        tf.check_shot_pooling(self.cfg.training_free.shot_pooling, "training_free.shot_pooling")
-        t = self.cfg.training_free
-        tf.check_metric(t.metric, t.shrinkage, t.mahalanobis_scale, "training_free.")
+        tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or defaults.templates
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -105,6 +100,7 @@ class Segmenter(nn.Module):
 
     @property
     def mode(self) -> str:
+        """The mode ``auto`` resolves to: learned when a head is loaded, else training-free."""
         if self.cfg.mode == "auto":
             return "learned" if self.head is not None else "training-free"
         return self.cfg.mode
@@ -179,7 +175,7 @@ class Segmenter(nn.Module):
         return torch.stack(rows)
 
     # ---------------------------------------------------------------------------------- requests
-    def build_specs(self, texts: Sequence[str | None] | str | None, supports, variant: str) -> list[ClassSpec]:
+    def build_specs(self, texts: TextsArg, supports: SupportsArg, variant: str) -> list[ClassSpec]:
         """Normalise the user's (texts, supports) into ClassSpecs, validating every input."""
         if isinstance(texts, str):
             texts = [texts]
@@ -203,7 +199,8 @@ class Segmenter(nn.Module):
             specs.append(ClassSpec(name=t or f"class{ci + 1}", text=emb.get(t) if t else None, supports=encoded))
         return specs
 
-    def _encode_pairs(self, pairs, label: str, variant: str) -> list[tuple[Encoded, Tensor]]:
+    def _encode_pairs(self, pairs: Sequence[Support], label: str, variant: str) -> list[tuple[Encoded, Tensor]]:
+        """Load, check and encode (image, mask) pairs; masks come back at each image's encoder input size."""
         imgs, masks = [], []
         for k, pair in enumerate(pairs):
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -229,16 +226,14 @@ class Segmenter(nn.Module):
     def _text_background(self, z: Tensor, neg_text: Tensor | None) -> Tensor | float:
         """Background cosine level for text: fixed threshold, SigLIP bias, or max over background prompts."""
         cfg = self.cfg.training_free
-        level = cfg.text_threshold
-        if level is None and self.backbone.logit_bias is not None:
-            level = -self.backbone.logit_bias / self.backbone.logit_scale
+        level = tf.text_level(cfg.text_threshold, self.backbone.logit_bias, self.backbone.logit_scale)
         bg = None
         if level is None:
             bg = ensemble_text_embeddings(self.backbone, cfg.background_prompts, self.templates)
         return tf.text_background(z, level, bg, neg_text)
 
     # ---------------------------------------------------------------------------------- public
-    def prepare(self, texts: Sequence[str | None] | str | None = None, supports: SupportsArg = None,
+    def prepare(self, texts: TextsArg = None, supports: SupportsArg = None,
                 negatives: NegativesArg = None, mode: Mode | None = None, adapt_steps: int = 0) -> Request:
         """The class side of a request, once: text embeddings, encoded supports and negatives, the (adapted)
         head and the supports' scoring state. ``predict`` then segments any number of images with it."""
@@ -253,7 +248,7 @@ class Segmenter(nn.Module):
         neg_text = self.text_embeddings(neg_strs) if neg_strs else None
         head = self.head if mode == "learned" else None
         if head is not None and adapt_steps > 0:
-            head = adapt_head(self, specs, negs, steps=adapt_steps)
+            head = adapt_head(head, specs, negs, steps=adapt_steps)
         state = None
         with torch.no_grad():  # the supports' side of the scoring, once for all the query images
             if head is None:
@@ -284,7 +279,7 @@ class Segmenter(nn.Module):
         return [make_output(fn.nway_logits(self.logits(q, request).unsqueeze(0))[0], names)
                 for q in self.encode(imgs, request.variant)]
 
-    def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
+    def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
                 adapt_steps: int = 0) -> SegmentationOutput | list[SegmentationOutput]:
         """Segment one image (returns one output) or a list of images (returns a list).
@@ -306,7 +301,7 @@ def up(fg: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(fg.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _normalise_supports(supports, n_texts: int) -> list[list]:
+def _normalise_supports(supports: SupportsArg, n_texts: int) -> list[list[Support]]:
     """Accept None, [(img, mask), ...] (one class) or [[(img, mask), ...], ...] (one list per class)."""
     if supports is None:
         return []
@@ -321,14 +316,14 @@ def _normalise_supports(supports, n_texts: int) -> list[list]:
     return [list(s) for s in supports]
 
 
-
-
 def build_segmenter(model: str = "vlfss-tiny", **kwargs: Any) -> Segmenter:
     """Convenience: ``build_segmenter("ViT-B-16", pretrained="openai", mode="training-free")``."""
     cfg = from_dict(SegmenterConfig, {"model": model, **kwargs})
     return Segmenter.from_config(cfg)
 
 
-def segment(image: ImageLike, texts=None, supports=None, model: str = "vlfss-tiny", **kwargs: Any):
-    """One-call API: build a segmenter (cached per arguments is the caller's job) and segment one image."""
+def segment(image: ImageLike, texts: TextsArg = None, supports: SupportsArg = None, model: str = "vlfss-tiny",
+            **kwargs: Any) -> SegmentationOutput | list[SegmentationOutput]:
+    """One-call API: build a segmenter (cached per arguments is the caller's job) and segment one image (or a
+    list, as ``Segmenter.segment``). ``kwargs``: ``SegmenterConfig`` fields."""
     return build_segmenter(model, **kwargs).segment(image, texts=texts, supports=supports)

@@ -70,17 +70,17 @@ def support_loss(head: SegHead, specs: list[ClassSpec], negatives: list[tuple[En
     return torch.stack(losses).mean()
 
 
-def adapt_head(segmenter, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]] | None, steps: int,
-               lr: float = 1e-4, weight_decay: float = 0.0) -> SegHead:
-    """A fine-tuned COPY of ``segmenter.head`` after ``steps`` Adam steps on the support set; the original is
-    left untouched. With no support examples there is nothing to adapt on: the copy is returned unchanged."""
-    if segmenter.head is None:
+def adapt_head(head: SegHead | None, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]] | None,
+               steps: int, lr: float = 1e-4, weight_decay: float = 0.0) -> SegHead:
+    """A fine-tuned COPY of ``head`` after ``steps`` Adam steps on the support set; the original is left
+    untouched. With no support examples there is nothing to adapt on: the copy is returned unchanged."""
+    if head is None:
         raise ModelError("test-time adaptation needs a learned head; pass --head FILE or drop --adapt-steps")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"adapt steps must be a non-negative integer, got {steps!r}")
     if not lr > 0:
         raise InputError(f"adaptation learning rate must be > 0, got {lr}")
-    head = copy.deepcopy(segmenter.head)
+    head = copy.deepcopy(head)
     for p in head.parameters():
         p.requires_grad_(True)
     if steps == 0 or not any(s.supports for s in specs):

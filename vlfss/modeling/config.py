@@ -25,22 +25,20 @@ class ModelDefaults:
 
 @dataclass
 class TrainingFreeConfig:
-    """How similarity maps become log-odds in training-free mode."""
+    """How similarity maps become log-odds in training-free mode (and in the learned head's prior)."""
 
     text_weight: float = 1.0  # weight of the text log-odds when examples are given too
     proto_weight: float = 1.0  # weight of the prototype log-odds
     text_scale: float | None = None  # cosine -> logit multiplier for text; None: the model's logit scale
     text_threshold: float | None = None  # background cosine for text; None: -bias/scale (SigLIP) or bg prompts
     background_prompts: list[str] = field(default_factory=lambda: ["background", "a plain background"])
-    proto_temperature: float = 0.05  # (cos_fg - cos_bg) / T for prototypes compared by cosine
-    num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground
+    proto_temperature: float = 0.05  # metric "cosine": log-odds = (cos_fg - cos_bg) / proto_temperature
+    num_prototypes: int = 1  # >1: k-means foreground prototypes over the support foreground (1: the shots' mean)
     num_bg_prototypes: int = 1  # >1: k-means background prototypes per support (1: the masked mean)
     calibrate_text: bool = True  # text+examples: fit the text log-odds on the supports and add its evidence
     calibration_l2: float = 1e-2  # ridge penalty of that fit (on the standardised cosine)
-    shot_pooling: Literal["mean", "max"] = "mean"  # K shots' foreground prototypes: their mean, or the best match
     proto_features: str | None = None  # what prototypes match on: "z" (text-aligned), "tap<i>" (encoder tap i);
     # None: the model's default (mid-level taps generalise to novel classes better, as in PFENet/HSNet)
-    cell_norm: bool = True  # prototypes average L2-normalised cells, so every cell votes equally (not by its norm)
     metric: Literal["cosine", "mahalanobis"] = "mahalanobis"  # how query cells compare to prototypes: cosine / T,
     # or the Gaussian log-likelihood ratio under the supports' pooled, shrunk covariance (LDA; Simple CNAPS)
     shrinkage: float = 0.9  # mahalanobis: weight of the scaled identity in the covariance (chosen on the val split)
@@ -50,7 +48,7 @@ class TrainingFreeConfig:
 
 @dataclass
 class HeadConfig:
-    """Size of the learned fusion module and decoder."""
+    """The learned head: its size, which input kinds it answers and how, and the training-free prior it corrects."""
 
     dim: int = 64  # token width inside the fusion module
     heads: int = 4  # attention heads
@@ -61,16 +59,14 @@ class HeadConfig:
     use_for: list[str] = field(default_factory=lambda: list(INPUT_KINDS))  # input kinds (text, shots, text+shots)
     # the head answers; for the others learned mode returns the training-free log-odds (training sets this to the
     # kinds where the head beat the training-free model on validation, with TrainConfig.fallback_to_training_free)
-    prior_proto_features: str | None = None  # the prior's training_free.proto_features (None: the model's default)
-    prior_shot_pooling: Literal["mean", "max"] = "mean"  # the prior's training_free.shot_pooling
-    prior_cell_norm: bool = True  # the prior's training_free.cell_norm
-    prior_metric: Literal["cosine", "mahalanobis"] = "mahalanobis"  # the prior's training_free.metric
-    prior_shrinkage: float = 0.9  # the prior's training_free.shrinkage
-    prior_mahalanobis_scale: float = 0.1  # the prior's training_free.mahalanobis_scale
     prior_input: bool = True  # the decoder also reads the prior's log-odds, so its correction can depend on them
     agnostic_kinds: list[str] = field(default_factory=lambda: ["shots", "text+shots"])  # input kinds the head
     # sees only through similarity maps and the prior (no raw features: the fused tokens and encoder skips are zero
     # for them), so what it learns on base classes is class-agnostic and carries over to novel ones (HSNet, PFENet)
+    prior: TrainingFreeConfig = field(default_factory=TrainingFreeConfig)  # the training-free model whose log-odds
+    # the head corrects, fixed when the head is built (new_head resolves proto_features None to the model's default,
+    # text_scale / text_threshold / background_prompts to the text buffers) and saved with it; independent of the
+    # segmenter's own training_free settings
 
 
 @dataclass

@@ -87,6 +87,35 @@ def cosine_map(feats: Tensor, protos: Tensor) -> Tensor:
     return torch.einsum("bchw,mc->bmhw", f, p)
 
 
+def foreground_cells(feats: Tensor, fg_weights: Tensor, threshold: float = 0.25) -> Tensor:
+    """M x C: the feature cells (of K x C x h x w) whose foreground weight (K x h x w, from ``mask_weights``)
+    exceeds ``threshold``, all K supports together."""
+    return feats.permute(0, 2, 3, 1)[fg_weights > threshold]
+
+
+def strided_rows(x: Tensor, max_rows: int) -> Tensor:
+    """At most about ``max_rows`` rows of x (M x C), every ceil(M / max_rows)-th one (all when M <= max_rows)."""
+    if x.shape[0] <= max_rows:
+        return x
+    return x[::-(-x.shape[0] // max_rows)]
+
+
+def support_similarity_maps(query: Tensor, feats: Tensor, masks: Tensor) -> Tensor:
+    """How much each query cell looks like the supports' object: 3 x h x w.
+
+    query C x h x w; feats K x C x hs x ws (the K supports at one feature level); masks K x H x W in {0, 1, 255}.
+    Channels: cosine to the shots' mean foreground prototype, cosine to their mean background prototype, and the
+    best cosine to any single foreground cell (a correlation map as HSNet's; 0 where no cell is foreground).
+    """
+    fg_w, bg_w = mask_weights(masks, tuple(feats.shape[-2:]))
+    q = query.unsqueeze(0)
+    fg = cosine_map(q, masked_average_pool(feats, fg_w).mean(0, keepdim=True))[0]  # 1 x h x w
+    bg = cosine_map(q, masked_average_pool(feats, bg_w).mean(0, keepdim=True))[0]
+    cells = foreground_cells(feats, fg_w)  # M x C
+    corr = cosine_map(q, cells)[0].max(0).values.unsqueeze(0) if cells.shape[0] else query.new_zeros(1, *q.shape[-2:])
+    return torch.cat([fg, bg, corr])
+
+
 def pooled_covariance(cells: Tensor, weights: Tensor) -> Tensor:
     """Within-group covariance of feature cells, pooled over groups (the shared covariance of LDA).
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +15,16 @@ from torch import Tensor
 
 from ..errors import InputError
 from . import functional as fn
+from .config import TrainingFreeConfig
+from .types import ClassSpec, Encoded
 
-if TYPE_CHECKING:  # only for annotations: model.py imports this module
-    from .config import TrainingFreeConfig
-    from .types import ClassSpec, Encoded
+
+def text_level(threshold: float | None, logit_bias: float | None, logit_scale: float) -> float | None:
+    """The fixed background cosine for text, if there is one: the configured threshold, else a SigLIP model's
+    ``-bias / scale`` (where its sigmoid is 1/2); None: the level comes from background prompts instead."""
+    if threshold is not None:
+        return threshold
+    return -logit_bias / logit_scale if logit_bias is not None else None
 
 
 def text_background(z: Tensor, level: float | None, bg_text: Tensor | None, neg_text: Tensor | None) -> Tensor | float:
@@ -63,26 +68,29 @@ def fit_support_text(spec: ClassSpec, l2: float) -> tuple[float, float] | None:
     return float(a), float(b - math.log(fg_sum / bg_sum))
 
 
-def check_proto_features(name: str, num_taps: int) -> None:
-    """``training_free.proto_features`` must be ``z`` or ``tap<i>`` with i < the backbone's number of taps."""
-    if name == "z":
-        return
-    if name.startswith("tap") and name[3:].isdigit() and int(name[3:]) < num_taps:
-        return
-    raise InputError(f"training_free.proto_features={name!r}: use 'z' (text-aligned embeddings) or one of "
-                     f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
+def check_config(cfg: TrainingFreeConfig, num_taps: int, prefix: str) -> None:
+    """Refuse settings that cannot score, naming the key (``prefix``: ``training_free.`` or ``head.prior.``).
 
-
-def check_metric(metric: str, shrinkage: float, scale: float, prefix: str) -> None:
-    """Prototype metric is ``cosine`` or ``mahalanobis``, the covariance shrinkage lies in (0, 1] and the
-    log-odds scale is positive."""
-    if metric not in ("cosine", "mahalanobis"):
-        raise InputError(f"{prefix}metric={metric!r}: use 'cosine' (angle to each prototype) or 'mahalanobis' "
+    ``proto_features`` is ``z`` (or None, the model's default) or ``tap<i>`` with i < the backbone's number of
+    taps; the metric is ``cosine`` or ``mahalanobis``, the covariance shrinkage lies in (0, 1], the scale and the
+    temperature are positive, and there is at least one prototype of each kind.
+    """
+    name = cfg.proto_features
+    if not (name in (None, "z") or (name.startswith("tap") and name[3:].isdigit() and int(name[3:]) < num_taps)):
+        raise InputError(f"{prefix}proto_features={name!r}: use 'z' (text-aligned embeddings) or one of "
+                         f"{', '.join(f'tap{i}' for i in range(num_taps))} (the backbone's multi-layer taps)")
+    if cfg.metric not in ("cosine", "mahalanobis"):
+        raise InputError(f"{prefix}metric={cfg.metric!r}: use 'cosine' (angle to each prototype) or 'mahalanobis' "
                          "(distance under the supports' shrunk covariance)")
-    if not 0.0 < float(shrinkage) <= 1.0:
-        raise InputError(f"{prefix}shrinkage={shrinkage!r}: use a value in (0, 1] (1: no covariance, Euclidean)")
-    if not float(scale) > 0.0:
-        raise InputError(f"{prefix}mahalanobis_scale={scale!r}: use a positive factor (default 0.1)")
+    if not 0.0 < float(cfg.shrinkage) <= 1.0:
+        raise InputError(f"{prefix}shrinkage={cfg.shrinkage!r}: use a value in (0, 1] (1: no covariance, Euclidean)")
+    for key in ("mahalanobis_scale", "proto_temperature"):
+        if not float(getattr(cfg, key)) > 0.0:
+            raise InputError(f"{prefix}{key}={getattr(cfg, key)!r}: use a positive number (default "
+                             f"{getattr(TrainingFreeConfig, key)})")
+    for key in ("num_prototypes", "num_bg_prototypes"):
+        if int(getattr(cfg, key)) < 1:
+            raise InputError(f"{prefix}{key}={getattr(cfg, key)!r}: use 1 (the masked mean) or more (k-means)")
 
 
 def support_precision(sup_feats: list[Tensor], sup_masks: list[Tensor], neg_feats: list[Tensor],
@@ -106,20 +114,12 @@ def support_precision(sup_feats: list[Tensor], sup_masks: list[Tensor], neg_feat
     return fn.shrunk_precision(cov, shrinkage), torch.cat(cells).mean(0)
 
 
-def check_shot_pooling(value: str, key: str) -> None:
-    """Shot pooling is ``mean`` or ``max``; anything else is an error naming the config key."""
-    if value not in ("mean", "max"):
-        raise InputError(f"{key}={value!r}: use 'mean' (one class prototype) or 'max' (best-matching shot)")
-
-
-def proto_features(e: Encoded, name: str | None, cell_norm: bool = False) -> Tensor:
-    """The dense features prototypes are matched on: ``z`` (also for None) or tap ``i`` of the encoder (C x h x w).
-
-    ``cell_norm`` L2-normalises every cell, so a prototype (a masked mean) weighs each cell equally rather than
-    by its norm; cosine matching of the query is unchanged by it.
-    """
+def proto_features(e: Encoded, name: str | None) -> Tensor:
+    """The dense features prototypes are matched on, every cell L2-normalised (C x h x w): ``z`` (also for None)
+    or tap ``i`` of the encoder. Normalised cells make a prototype (a masked mean) weigh each cell equally rather
+    than by its norm; cosine matching of the query is unchanged by it."""
     f = e.z if name in (None, "z") else e.taps[int(name[3:])]
-    return F.normalize(f, dim=0) if cell_norm else f
+    return F.normalize(f, dim=0)
 
 
 @dataclass
@@ -130,47 +130,82 @@ class SupportState:
     precision: Tensor | None  # C x C shrunk inverse covariance (mahalanobis), None for cosine or without supports
     center: Tensor | None  # C, the mean support cell the discriminant scores are centred on
     bg_protos: Tensor | None  # M x C background prototypes of every support and the negatives' foregrounds
-    fg_protos: list[Tensor | None]  # per class: its foreground prototype(s), None without supports
+    fg_protos: list[Tensor | None]  # per class: its foreground prototype(s) P x C, None without supports
     text_fits: list[tuple[float, float] | None]  # per class: (a, c) of the support-calibrated text, if any
+
+
+def background_prototypes(sup_feats: list[list[Tensor]], specs: list[ClassSpec], neg_feats: list[Tensor],
+                          negatives: list[tuple[Encoded, Tensor]], k: int) -> Tensor | None:
+    """M x C background evidence: every support's background (its masked mean, or ``k`` k-means centres of its
+    background cells: a cluttered background is several things, not one mean) and every negative's foreground.
+    ``sup_feats``: per class, per support C x h x w; ``neg_feats``: per negative C x h x w."""
+    protos = []
+    for spec, fs in zip(specs, sup_feats):
+        for f, (_, m) in zip(fs, spec.supports):
+            if k > 1:
+                inverted = torch.where(m == fn.IGNORE, m, 1 - m)
+                protos.append(fn.multi_prototypes(f.unsqueeze(0), inverted.unsqueeze(0), k))
+            else:
+                protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[1])
+    for f, (_, m) in zip(neg_feats, negatives):
+        protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[0])
+    return torch.cat(protos) if protos else None
+
+
+def foreground_prototypes(feats: list[Tensor], masks: list[Tensor], k: int) -> Tensor:
+    """P x C foreground prototypes of one class from its K shots (each C x h x w, mask H x W): the mean of the
+    shots' masked means, one class prototype (PANet), or with ``k`` > 1 k-means centres of all shots' cells."""
+    f, m = torch.stack(feats), torch.stack(masks)
+    if k > 1:
+        return fn.multi_prototypes(f, m, k)
+    return fn.prototypes(f, m)[0].mean(0, keepdim=True)
 
 
 def support_state(specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
                   cfg: TrainingFreeConfig) -> SupportState:
     """The query-independent half of ``training_free_logits``."""
-    sup_feats = [[proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in spec.supports] for spec in specs]
-    neg_feats = [proto_features(e, cfg.proto_features, cfg.cell_norm) for e, _ in negatives]
+    sup_feats = [[proto_features(e, cfg.proto_features) for e, _ in spec.supports] for spec in specs]
+    neg_feats = [proto_features(e, cfg.proto_features) for e, _ in negatives]
     precision = center = None
     if cfg.metric == "mahalanobis" and any(sup_feats):  # text alone needs no prototype metric
         precision, center = support_precision([f for fs in sup_feats for f in fs],
                                               [m for spec in specs for _, m in spec.supports],
                                               neg_feats, [m for _, m in negatives], cfg.shrinkage)
-    bg_protos = []
-    for spec, fs in zip(specs, sup_feats):
-        for f, (_, m) in zip(fs, spec.supports):
-            if cfg.num_bg_prototypes > 1:  # k-means over the support's background cells: a cluttered background
-                inverted = torch.where(m == fn.IGNORE, m, 1 - m)  # is several things, not one mean
-                bg_protos.append(fn.multi_prototypes(f.unsqueeze(0), inverted.unsqueeze(0), cfg.num_bg_prototypes))
-            else:
-                bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[1])
-    for f, (_, m) in zip(neg_feats, negatives):
-        bg_protos.append(fn.prototypes(f.unsqueeze(0), m.unsqueeze(0))[0])
-    fg_protos: list[Tensor | None] = []
-    text_fits: list[tuple[float, float] | None] = []
-    for spec, fs in zip(specs, sup_feats):
-        fg = None
-        if spec.supports:
-            feats = torch.stack(fs)
-            masks = torch.stack([m for _, m in spec.supports])
-            if cfg.num_prototypes > 1:
-                fg = fn.multi_prototypes(feats, masks, cfg.num_prototypes)
-            else:
-                fg = fn.prototypes(feats, masks)[0]
-                if cfg.shot_pooling == "mean":  # one class prototype: the mean of the shots' (PANet)
-                    fg = fg.mean(0, keepdim=True)
-        fg_protos.append(fg)
-        calibrate = spec.text is not None and spec.supports and cfg.calibrate_text
-        text_fits.append(fit_support_text(spec, cfg.calibration_l2) if calibrate else None)
-    return SupportState(precision, center, torch.cat(bg_protos) if bg_protos else None, fg_protos, text_fits)
+    bg_protos = background_prototypes(sup_feats, specs, neg_feats, negatives, cfg.num_bg_prototypes)
+    fg_protos = [foreground_prototypes(fs, [m for _, m in spec.supports], cfg.num_prototypes) if spec.supports
+                 else None for spec, fs in zip(specs, sup_feats)]
+    text_fits = [fit_support_text(spec, cfg.calibration_l2)
+                 if spec.text is not None and spec.supports and cfg.calibrate_text else None for spec in specs]
+    return SupportState(precision, center, bg_protos, fg_protos, text_fits)
+
+
+def class_logits(text_cos: Tensor | None, fg_map: Tensor | None, bg_map: Tensor | None,
+                 fit: tuple[float, float] | None, cfg: TrainingFreeConfig, text_scale: float,
+                 text_bg: Tensor | float, proto_temperature: float) -> Tensor:
+    """One class's foreground log-odds h x w from its evidence maps (each h x w).
+
+    ``text_cos``: the query's cosine to the class text (None without text); ``fg_map`` / ``bg_map``: similarity
+    to the class's best foreground prototype / to the best background prototype (None without supports / without
+    any background evidence). Text alone is ``(cos - text_bg) * text_scale``; prototypes give
+    ``(fg - bg) / proto_temperature``; the two are averaged with ``cfg.text_weight`` / ``cfg.proto_weight``, except
+    that text calibrated on the supports (``fit`` = (a, c)) adds its evidence ``a * cos + c`` instead.
+    """
+    terms, weights = [], []
+    evidence = None
+    if text_cos is not None:
+        if fit is not None:
+            evidence = fit[0] * text_cos + fit[1]
+        else:
+            terms.append((text_cos - text_bg) * text_scale)
+            weights.append(cfg.text_weight)
+    if fg_map is not None:
+        bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
+        terms.append(fn.foreground_logit(fg_map, bgm, proto_temperature))
+        weights.append(cfg.proto_weight)
+    total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
+    if evidence is not None:
+        total = total + cfg.text_weight * evidence
+    return total
 
 
 def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
@@ -181,43 +216,27 @@ def training_free_logits(query: Encoded, specs: list[ClassSpec], negatives: list
     Text: ``(cos(z, t) - text_bg) * text_scale`` (or, with supports and ``cfg.calibrate_text``, the evidence of
     ``fit_support_text`` added to the prototype term). Examples: ``(cos_fg - cos_bg) / T``, or with
     ``cfg.metric="mahalanobis"`` the difference of linear discriminant scores under ``support_precision`` times
-    ``cfg.mahalanobis_scale``, on the features ``cfg.proto_features`` names (cells L2-normalised first with
-    ``cfg.cell_norm``), with background evidence from every class's support background and the negatives'
-    foreground. The shots' foreground prototypes are averaged (``cfg.shot_pooling="mean"``) or each query cell
-    takes its best-matching shot (``"max"``); background keeps every support's own prototype (max), since
+    ``cfg.mahalanobis_scale``, on the (L2-normalised) features ``cfg.proto_features`` names, with background
+    evidence from every class's support background and the negatives' foreground. The shots' foreground
+    prototypes are averaged into one class prototype; background keeps every support's own prototype (max), since
     backgrounds differ from image to image. ``state``: ``support_state(specs, negatives, cfg)`` when the caller
     scores several queries against the same supports (computed here otherwise).
     """
     st = state if state is not None else support_state(specs, negatives, cfg)
     zq = query.z.unsqueeze(0)  # 1 x D x h x w: text side
-    fq = proto_features(query, cfg.proto_features, cfg.cell_norm).unsqueeze(0)  # 1 x C x h x w: prototype side
+    fq = proto_features(query, cfg.proto_features).unsqueeze(0)  # 1 x C x h x w: prototype side
 
-    def score(protos: Tensor) -> Tensor:  # 1 x M x h x w similarity of the query cells to prototypes
+    def best(protos: Tensor) -> Tensor:  # h x w: similarity of each query cell to its best-matching prototype
         if st.precision is None:
-            return fn.cosine_map(fq, protos)
-        return fn.discriminant_map(fq, protos, st.precision, st.center)
+            return fn.cosine_map(fq, protos).max(1).values[0]
+        return fn.discriminant_map(fq, protos, st.precision, st.center).max(1).values[0]
 
-    bg_map = score(st.bg_protos).max(1).values[0] if st.bg_protos is not None else None
+    # cosine: a similarity gap over T; mahalanobis: a log-likelihood ratio, tempered
+    temperature = cfg.proto_temperature if st.precision is None else 1.0 / cfg.mahalanobis_scale
+    bg_map = best(st.bg_protos) if st.bg_protos is not None else None
     out = []
     for spec, fg, fit in zip(specs, st.fg_protos, st.text_fits):
-        terms, weights = [], []
-        evidence = None
-        if spec.text is not None:
-            s = fn.cosine_map(zq, spec.text.unsqueeze(0))[0, 0]
-            if fit is not None:
-                evidence = fit[0] * s + fit[1]
-            else:
-                terms.append((s - text_bg) * text_scale)
-                weights.append(cfg.text_weight)
-        if fg is not None:
-            fg_map = score(fg).max(1).values[0]
-            bgm = bg_map if bg_map is not None else torch.zeros_like(fg_map)
-            # cosine: a similarity gap over T; mahalanobis: a log-likelihood ratio, tempered
-            t = cfg.proto_temperature if st.precision is None else 1.0 / cfg.mahalanobis_scale
-            terms.append(fn.foreground_logit(fg_map, bgm, t))
-            weights.append(cfg.proto_weight)
-        total = sum(w * t for w, t in zip(weights, terms)) / sum(weights)
-        if evidence is not None:
-            total = total + cfg.text_weight * evidence
-        out.append(total)
+        text_cos = fn.cosine_map(zq, spec.text.unsqueeze(0))[0, 0] if spec.text is not None else None
+        fg_map = best(fg) if fg is not None else None
+        out.append(class_logits(text_cos, fg_map, bg_map, fit, cfg, text_scale, text_bg, temperature))
     return torch.stack(out)
