@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -218,8 +219,6 @@ class PromptLearner(nn.Module):
 
 def read_prompt_tensors(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """(metadata, tensors) of a learned prompt file, with clear errors for anything else."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file {path} does not exist; create one with `vlfss tune-prompts`")
