@@ -128,7 +128,8 @@ def test_transformers_adapter_matches_get_image_features():
 def test_timm_adapter_is_visual_only():
     bb = TimmBackbone("resnet18", RANDOM)
     f = bb.dense(torch.randn(1, 3, 64, 64))
-    assert f.z.shape[1] == bb.embed_dim
+    side = 64 // bb.patch_size  # resnet18: stride 32
+    assert f.z.shape == (1, bb.embed_dim, side, side) and all(t.shape[-2:] == (side, side) for t in f.taps)
     with pytest.raises(ModelError, match="no text encoder"):
         bb.encode_text(["a cat"])
     with pytest.raises(InputError):

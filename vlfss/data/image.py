@@ -50,7 +50,7 @@ def open_image(source: Source, where: str | None = None, error: type[VlfssError]
             raise error(f"image file {where} does not exist; check the path")
         if not path.is_file():
             raise error(f"{where} is not a file; pass an image file (PNG, JPEG, ...)")
-        fp = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        fp = open(path, "rb")  # closed by the with below
     try:
         with fp:
             img = Image.open(fp)
