@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny open_clip / transformers CLIP models with random weights, built here (no downloads)."""
+"""Shared fixtures: tiny open_clip / transformers CLIP models with random weights, built here (no downloads).
+
+Random weights are asked for explicitly (``pretrained="random"``): vlfss never builds a random CLIP otherwise.
+"""
 
 from __future__ import annotations
 
@@ -36,11 +39,12 @@ def tiny_clip_name(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_clip_weights(tiny_clip_name, tmp_path_factory) -> str:
     """A seeded random checkpoint for the tiny config, saved as safetensors (loaded like a user's file)."""
-    import open_clip
     from safetensors.torch import save_file
 
+    from vlfss.modeling.backbones import RANDOM, build_backbone
+
     torch.manual_seed(0)
-    model = open_clip.create_model(tiny_clip_name)
+    model = build_backbone(tiny_clip_name, RANDOM).model
     path = tmp_path_factory.mktemp("clipw") / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return str(path)

@@ -1,4 +1,4 @@
-"""The dataset interface every reader implements, plus image/label decoding shared by the readers.
+"""The dataset interface every reader implements, and the readers' file access (decoded by vlfss.data.image).
 
 A ``SegDataset`` is a list of (image, label map) pairs with 0-based class ids: label 0 is background,
 ``c + 1`` is class ``c`` and 255 is ignored. Label maps are uint8; only a dataset with 255 or more
@@ -13,7 +13,6 @@ scanning a real benchmark takes minutes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -23,6 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
+from .image import decode_label, decode_rgb, encode_png
+
+__all__ = ["IGNORE_LABEL", "IMAGE_EXTENSIONS", "SegDataset", "classes_of_label", "default_cache_dir", "encode_png",
+           "ignore_label_for", "normalise_split", "read_label", "read_label_bytes", "read_rgb", "read_rgb_bytes",
+           "resolve_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,114 +57,26 @@ def normalise_split(split: str, allowed: tuple[str, ...] = ("train", "val", "tes
 
 
 # ------------------------------------------------------------------------------------------ decoding
-def _open_pil(source: str | Path | bytes, where: str):
-    """Open and fully decode an image with PIL; raise DataError naming ``where`` if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {where}") from None
-    except OSError as e:
-        raise DataError(f"cannot open image file {where}: {e}") from None
-    try:
-        with fp:
-            img = Image.open(fp)
-            img.load()
-            return img
-    except UnidentifiedImageError:
-        raise DataError(f"not an image file (unknown format or empty): {where}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data
-        raise DataError(f"corrupt or truncated image file {where}: {e}") from None
-
-
-def pil_to_rgb(img, where: str = "<image>") -> np.ndarray:
-    """Convert a PIL image of any common mode to an H x W x 3 uint8 RGB array.
-
-    Grayscale and palette images are expanded, alpha is composited onto black (the usual PIL
-    ``convert('RGB')`` behaviour drops it, which is the same for opaque pixels), 16-bit and 32-bit
-    integer or float images are rescaled from their own range to 0..255.
-    """
-    mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            scale = 65535.0
-        else:
-            hi = float(arr.max()) if arr.size else 0.0
-            scale = 255.0 if hi <= 255 else (65535.0 if hi <= 65535 else hi)
-        gray = np.clip(arr / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
-        rgb = rgba[..., :3] * (rgba[..., 3:4] / 255.0)
-        return (rgb + 0.5).astype(np.uint8)
-    if mode != "RGB":
-        try:
-            img = img.convert("RGB")
-        except (ValueError, OSError) as e:
-            raise DataError(f"cannot convert image {where} (mode {mode}) to RGB: {e}") from None
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
-
-
-def pil_to_label(img, where: str = "<mask>") -> np.ndarray:
-    """Convert a PIL label-map image to an H x W uint8 array of label values.
-
-    Palette images give their indices (VOC's SegmentationClass files are palette PNGs), 16-bit images
-    must hold values <= 255, and RGB(A) images are accepted only when all channels are equal (a gray
-    label map saved as RGB). Anything else is a DataError naming the file.
-    """
-    mode = img.mode
-    if mode in ("L", "P"):
-        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
-    if mode == "1":
-        return np.asarray(img, dtype=np.uint8)
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError(
-                f"label map {where} (mode {mode}) holds values {arr.min()}..{arr.max()}; expected labels 0..255 "
-                "(0 background, c+1 for class c, 255 ignore)"
-            )
-        return arr.astype(np.uint8)
-    if mode in ("RGB", "RGBA", "LA"):
-        arr = np.asarray(img)
-        chans = arr[..., : (1 if mode == "LA" else 3)]
-        if chans.ndim == 3 and chans.shape[2] > 1 and not (np.all(chans == chans[..., :1])):
-            raise DataError(
-                f"label map {where} is a colour ({mode}) image; expected a single-channel (L or P mode) PNG "
-                "whose pixel values are labels (0 background, c+1 for class c, 255 ignore)"
-            )
-        return np.ascontiguousarray(chans[..., 0].astype(np.uint8))
-    raise DataError(f"label map {where} has unsupported image mode {mode}; save it as an 8-bit L or P PNG")
-
-
+# Every reader decodes through vlfss.data.image, the one decoder user input goes through too (its docstring
+# states the convention: 16-bit by the format's range, alpha over white, EXIF orientation applied).
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as H x W x 3 uint8 RGB; DataError naming the path if missing or corrupt."""
-    return pil_to_rgb(_open_pil(path, str(path)), str(path))
+    return decode_rgb(Path(path), str(path), DataError)
 
 
 def read_rgb_bytes(data: bytes, where: str) -> np.ndarray:
     """Decode encoded image bytes as RGB; ``where`` names the source in errors."""
-    return pil_to_rgb(_open_pil(data, where), where)
+    return decode_rgb(data, where, DataError)
 
 
 def read_label(path: str | Path) -> np.ndarray:
-    """Read a label-map PNG as H x W uint8; DataError naming the path if missing or corrupt."""
-    return pil_to_label(_open_pil(path, str(path)), str(path))
+    """Read a label-map PNG as H x W uint8; DataError naming the path if missing, corrupt or not a label map."""
+    return decode_label(Path(path), str(path), DataError)
 
 
 def read_label_bytes(data: bytes, where: str) -> np.ndarray:
-    return pil_to_label(_open_pil(data, where), where)
-
-
-def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an H x W (L) or H x W x 3 (RGB) uint8 array."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    """Decode encoded label-map bytes; ``where`` names the source in errors."""
+    return decode_label(data, where, DataError)
 
 
 def ignore_label_for(num_classes: int) -> int:
@@ -356,7 +272,7 @@ class SegDataset:
         return None
 
     def _save_index_file(self, classes: Sequence[Sequence[int]]) -> None:
-        from ..io_utils import atomic_write_text
+        from ..io_utils import atomic_write_text  # io_utils imports torch; the readers stay torch-free
 
         if self._index_file is None:
             return

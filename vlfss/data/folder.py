@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, InputError
-from .base import IMAGE_EXTENSIONS, SegDataset, classes_of_label, encode_png, resolve_dir
+from .base import IMAGE_EXTENSIONS, SegDataset, classes_of_label, resolve_dir
+from .image import encode_jpeg, encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class FolderDataset(SegDataset):
 def write_file_atomic(path: Path, data: bytes, durable: bool) -> None:
     """Write through a temporary name and rename; ``durable`` also fsyncs (slow: ~4 ms per file)."""
     if durable:
-        from ..io_utils import atomic_write_bytes
+        from ..io_utils import atomic_write_bytes  # io_utils imports torch; the readers stay torch-free
 
         atomic_write_bytes(path, data)
         return
@@ -233,16 +234,7 @@ def write_folder_dataset(
             )
         cids = item.get("class_ids")
         cids = classes_of_label(mask, len(names), iid) if cids is None else sorted({int(c) for c in cids})
-        if image_format == "png":
-            img_bytes = encode_png(image)
-        else:
-            import io
-
-            from PIL import Image
-
-            buf = io.BytesIO()
-            Image.fromarray(image).save(buf, format="JPEG", quality=95)
-            img_bytes = buf.getvalue()
+        img_bytes = encode_png(image) if image_format == "png" else encode_jpeg(image)
         write_file_atomic(root / "images" / f"{iid}.{image_format}", img_bytes, durable)
         write_file_atomic(root / "masks" / f"{iid}.png", encode_png(mask), durable)
         rec: dict = {"id": iid, "class_ids": cids}

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .base import SegDataset, read_label_bytes, read_rgb, read_rgb_bytes
+from .base import SegDataset, read_label, read_label_bytes, read_rgb, read_rgb_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class HFDataset(SegDataset):
         if data is not None:
             return read_label_bytes(data, where) if label else read_rgb_bytes(data, where)
         if path:
-            if label:
-                from .base import read_label
-
-                return read_label(path)
-            return read_rgb(path)
+            return read_label(path) if label else read_rgb(path)
         raise DataError(f"{self.name} dataset: {where} has neither bytes nor a path")
 
     def load_image(self, i: int) -> np.ndarray:

@@ -312,3 +312,8 @@ def class_prompt(name: str, rng: np.random.Generator) -> str:
         return ("", "a photo of ", "a picture of ", "an image with ")[int(rng.integers(4))] + name
     noun = _NOUNS[int(rng.integers(len(_NOUNS)))]
     return f"a {_ADJECTIVES[name]} {noun}"
+
+
+def class_words(name: str) -> tuple[str, str]:
+    """The words captions use for class ``name``: its name and its adjective form ("stripes", "striped")."""
+    return name, _ADJECTIVES[name]

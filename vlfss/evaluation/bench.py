@@ -201,7 +201,7 @@ def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: s
     try:
         torch.manual_seed(seed)
         t_build = time.perf_counter()
-        backbone = build_backbone(model, pretrained)
+        backbone = build_backbone(model, pretrained or "random")  # a speed benchmark: random weights unless given
         if size % backbone.patch_size:
             raise ValueError(f"size {size} is not a multiple of the patch size {backbone.patch_size}")
         cfg = SegmenterConfig(model=model, pretrained=pretrained, mode="training-free", input_size=size)

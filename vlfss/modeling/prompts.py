@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -84,10 +85,12 @@ def warn_if_truncated(texts: list[str], tokenizer, context_length: int) -> None:
 def ensemble_text_embeddings(backbone, class_names: list[str], templates: list[str]) -> Tensor:
     """N x D: per class, mean of the normalised embeddings of every template filled with its name, renormalised.
 
-    Each distinct string is encoded once (the backbone caches per string).
+    Each distinct string is encoded once (the backbone caches per string). The class names are first shown to
+    ``backbone.check_texts``, which warns (once per text) when a closed-vocabulary model cannot know them.
     """
     if not class_names:
         raise InputError("no class names given")
+    backbone.check_texts(list(class_names))
     strings = [t.format(c) for c in class_names for t in templates]
     emb = backbone.encode_text(strings).view(len(class_names), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
@@ -112,6 +115,7 @@ class PromptLearner(nn.Module):
         if not class_names:
             raise InputError("PromptLearner needs at least one class name")
         parts = backbone.text_parts()
+        backbone.check_texts(list(class_names))
         self.model_id = backbone.model_id
         self.class_names = list(class_names)
         self.n_ctx, self.per_class = n_ctx, per_class
@@ -215,8 +219,6 @@ class PromptLearner(nn.Module):
 
 def read_prompt_tensors(path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """(metadata, tensors) of a learned prompt file, with clear errors for anything else."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file {path} does not exist; create one with `vlfss tune-prompts`")

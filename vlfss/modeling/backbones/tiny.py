@@ -1,0 +1,126 @@
+"""The embedded default backbone: a tiny CLIP ViT (96 px, patch 6) trained on the synthetic texture world.
+
+It runs offline on a fresh machine (its weights ship in vlfss/assets), but it knows only that world's 20
+texture classes. Asked for anything else ("a cat") it still returns a confident mask, so it warns: a class
+text is outside its world when none of its words is one the tiny CLIP was trained on (a class name, its
+singular, its caption adjective such as "striped", or "background", which the segmenter's own background
+prompts use). The check runs once per distinct text per backbone, never per image.
+
+The warning is a Python warning (``OutOfVocabularyWarning``), not a log record: the CLI keeps library log
+records at ERROR unless ``--verbose``, while Python warnings reach the terminal once per message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from pathlib import Path
+
+from ...data.synthetic import CLASS_NAMES, class_words
+from ...errors import ModelError
+from ..config import ModelDefaults
+from .base import ASSETS
+from .open_clip_backbone import OpenCLIPBackbone
+from .registry import register_backbone
+from .weights import RANDOM, weights_id
+
+TINY_MODEL = "vlfss-tiny-vit"  # the open_clip config name (vlfss/assets/vlfss-tiny-vit.json)
+TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
+WEIGHTS_ENV = "VLFSS_TINY_WEIGHTS"  # overrides the embedded weights file (tests, re-trained copies)
+REAL_CLIP_HINT = "--model ViT-B-16 --pretrained openai (Python: build_segmenter('ViT-B-16', pretrained='openai'))"
+
+# The tiny CLIP was trained with a token-wise loss, so its last-layer tokens are text-aligned as they are (plain);
+# its captions used the "synthetic" phrasings; its second block's tokens (tap 0 of taps 1, 3, 4) match textures
+# across instances far better than the caption-trained last layer: 1-shot prototypes 38.5 vs 29.6 mIoU
+# (docs/results.md, "Training-free prototypes").
+TINY_DEFAULTS = ModelDefaults(variant="plain", templates="synthetic", proto_features="tap0")
+
+
+class OutOfVocabularyWarning(UserWarning):
+    """A class text names nothing the model was trained to recognise (the tiny CLIP's closed world)."""
+
+
+def _singular(name: str) -> str:
+    if name.endswith(("sses", "shes", "ches", "xes")):  # crosses -> cross, dashes -> dash
+        return name[:-2]
+    return name[:-1] if name.endswith("s") else name  # stripes -> stripe, dots -> dot
+
+
+def _world_words() -> frozenset[str]:
+    words = {"background"}
+    for name in CLASS_NAMES:
+        for word in (*class_words(name), _singular(name)):
+            words.update(re.findall(r"[a-z]+", word.lower()))
+    return frozenset(words)
+
+
+WORLD_WORDS = _world_words()
+
+
+def in_world(text: str) -> bool:
+    """Whether ``text`` names something the tiny CLIP knows: at least one of its words is a world word."""
+    return any(w in WORLD_WORDS for w in re.findall(r"[a-z]+", text.lower()))
+
+
+class TinyCLIPBackbone(OpenCLIPBackbone):
+    """The tiny CLIP: an open_clip ViT that warns when asked for text outside the synthetic world."""
+
+    def __init__(self, weights: str, cache_dir: str | None = None, taps: tuple[int, ...] | None = None,
+                 device: str = "cpu") -> None:
+        super().__init__(TINY_MODEL, weights, cache_dir=cache_dir, taps=taps, device=device)
+        self.model_id = f"vlfss-tiny@{weights_id(weights)}"
+        self._checked: set[str] = set()
+
+    def check_texts(self, texts: list[str]) -> None:
+        """Warn, once per distinct text, about class texts outside the synthetic world."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._checked]
+        self._checked.update(new)
+        outside = [t for t in new if not in_world(t)]
+        if outside:
+            shown = ", ".join(repr(t) for t in outside[:3]) + (", ..." if len(outside) > 3 else "")
+            warnings.warn(
+                f"the embedded tiny CLIP knows only the synthetic world's {len(CLASS_NAMES)} texture classes "
+                f"({', '.join(CLASS_NAMES)}); {shown} names none of them, so its mask means nothing. "
+                f"For real images use a real CLIP: {REAL_CLIP_HINT}", OutOfVocabularyWarning, stacklevel=3)
+
+
+def tiny_weights(pretrained: str | None) -> str:
+    """The weights file to load (or ``random``): the user's file, else $VLFSS_TINY_WEIGHTS, else the embedded one.
+
+    Each error names the path that is missing and where it came from.
+    """
+    if pretrained == RANDOM:
+        return RANDOM
+    if pretrained:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelError(f"weights file {pretrained} (--pretrained for vlfss-tiny) does not exist; pass an "
+                             f"existing {TINY_MODEL} .safetensors checkpoint, or drop --pretrained to use the "
+                             "embedded weights")
+        return str(path)
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        if not Path(env).expanduser().is_file():
+            raise ModelError(f"{WEIGHTS_ENV}={env} does not exist; point it at a {TINY_MODEL} checkpoint or unset it")
+        return str(Path(env).expanduser())
+    if not TINY_WEIGHTS.is_file():
+        raise ModelError(f"the embedded tiny CLIP weights {TINY_WEIGHTS} are missing from this installation; "
+                         "reinstall vlfss, or pass a checkpoint with --pretrained FILE")
+    return str(TINY_WEIGHTS)
+
+
+def tiny_defaults(backbone: TinyCLIPBackbone, defaults: ModelDefaults) -> ModelDefaults:
+    """TINY_DEFAULTS, except that custom taps move tap 0 off block 1: prototypes then use z instead."""
+    if backbone.taps and backbone.taps[0] == 1:
+        return defaults
+    return dataclasses.replace(defaults, proto_features="z")
+
+
+@register_backbone("vlfss-tiny", "tiny CLIP ViT (96 px, patch 6) trained on the synthetic world; embedded, offline; "
+                   "knows only its 20 texture classes", TINY_DEFAULTS, tiny_defaults)
+def build_tiny(pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu",
+               taps: tuple[int, ...] | None = None) -> TinyCLIPBackbone:
+    """The tiny CLIP with the weights ``tiny_weights`` picks."""
+    return TinyCLIPBackbone(tiny_weights(pretrained), cache_dir=cache_dir, taps=taps, device=device)
