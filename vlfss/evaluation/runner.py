@@ -25,7 +25,7 @@ CONVENTIONS = ("interleaved", "consecutive")  # COCO-20i fold conventions
 
 def run_evaluation(job: EvalJob, segmenter: Segmenter | None = None) -> EvalResults:
     """Check the data, build the segmenter (unless given), initialise torchrun if present, evaluate."""
-    job = _checked(job)
+    job = complete_job(job)
     if job.options.out_dir:
         check_writable_dir(Path(job.options.out_dir))
 
@@ -49,7 +49,7 @@ def run_evaluation(job: EvalJob, segmenter: Segmenter | None = None) -> EvalResu
         cleanup(ctx)
 
 
-def _checked(job: EvalJob) -> EvalJob:
+def complete_job(job: EvalJob) -> EvalJob:
     """The job with its names normalised and its reader options completed (COCO-20i's convention)."""
     name = job.benchmark.lower()
     bench_options, meta = dict(job.bench_options), dict(job.options.benchmark_meta)
