@@ -26,13 +26,14 @@ def build_argv(args: argparse.Namespace) -> list[str]:
     """The `vlfss eval` arguments of the README protocol (plus this script's overrides)."""
     argv = ["--benchmark", "synthetic", "--split", "test", "--fold", "all", "--shots", "0", "1", "5",
             "--episodes", str(args.episodes), "--seeds", str(args.seed), "--mode", args.mode,
-            "--model", args.model, "--templates", args.templates, "--out", str(args.work_dir)]
+            "--model", args.model, "--out", str(args.work_dir)]
     argv += ["--overwrite"] if args.fresh else ["--resume"]
     head = args.head
     if head is None and args.mode != "training-free" and args.model == "vlfss-tiny":
         # the protocol: fold i is scored with the head meta-trained on the other folds' classes
         head = str(HERE.parent / "vlfss" / "assets" / "head-vlfss-tiny-fold{fold}.safetensors")
-    for flag, val in (("--pretrained", args.pretrained), ("--head", head), ("--data-root", args.data_root)):
+    for flag, val in (("--pretrained", args.pretrained), ("--head", head), ("--templates", args.templates),
+                      ("--data-root", args.data_root)):
         if val is not None:
             argv += [flag, str(val)]
     if args.bench_opt:
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrained", default=None, help="weights file (default: the embedded ones)")
     ap.add_argument("--head", default=None, help="learned head, {fold} for one per fold (default for vlfss-tiny: "
                     "the shipped per-fold heads, vlfss/assets/head-vlfss-tiny-fold{fold}.safetensors)")
-    ap.add_argument("--templates", default="synthetic", help="template set (the tiny CLIP's captions' phrasings)")
+    ap.add_argument("--templates", default=None, help="template set name or file (default: the model's own; "
+                    "the tiny CLIP's is `synthetic`, its captions' phrasings)")
     ap.add_argument("--data-root", default=None, help="synthetic cache root (default: the vlfss cache)")
     ap.add_argument("--bench-opt", nargs="*", default=[], metavar="KEY=VALUE",
                     help="synthetic options, e.g. n_images=150 image_size=48 for a smoke run")
@@ -75,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
+    from vlfss.cli.eval import parse_job
     from vlfss.errors import VlfssError
-    from vlfss.evaluation.harness import run_eval
+    from vlfss.evaluation.runner import run_evaluation
     from vlfss.io_utils import atomic_write_text
 
     eval_argv = build_argv(args)
     try:
-        results = run_eval(eval_argv)
+        results = run_evaluation(parse_job(eval_argv))
     except VlfssError as e:
         print(f"readme_table: error: {e}", file=sys.stderr)
         return 2

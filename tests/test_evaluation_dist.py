@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import TINY_CFG
 
+from vlfss.cli.eval import parse_job
 from vlfss.data.synthetic_store import materialize_synthetic
-from vlfss.evaluation.harness import run_eval
 from vlfss.evaluation.report import read_jsonl
+from vlfss.evaluation.runner import run_evaluation
 from vlfss.modeling.head_file import new_head, save_head
 from vlfss.segmenter import Segmenter, SegmenterConfig
 
@@ -43,7 +44,7 @@ def test_two_processes_equal_one(tiny_clip_name, tiny_clip_weights, tiny_backbon
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as torchrun's workers (OMP_NUM_THREADS=1)
     try:
-        one = run_eval(args + ["--out", str(tmp_path / "one")])
+        one = run_evaluation(parse_job(args + ["--out", str(tmp_path / "one")]))
     finally:
         torch.set_num_threads(threads)
 

@@ -1,7 +1,9 @@
-"""Plain ``torch.distributed`` helpers for training under ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""Plain ``torch.distributed`` helpers for training and evaluation under ``torchrun`` (gloo on CPU, NCCL on GPU).
 
 A single process (no ``WORLD_SIZE`` in the environment, or 1) gets a context with rank 0 of 1 and never
-touches ``torch.distributed``, so the same code runs with and without torchrun.
+touches ``torch.distributed``, so the same code runs with and without torchrun. ``init_distributed`` joins the
+job the environment describes; ``current_context`` describes a process group someone already initialised
+(the evaluation harness runs inside either).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -57,8 +60,6 @@ def init_distributed(device: str = "cpu") -> DistContext:
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
         return DistContext(0, 1, 0, torch.device(device), None)
-    import torch.distributed as dist
-
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if torch.device(device).type == "cuda":
         if not torch.cuda.is_available():
@@ -77,11 +78,8 @@ def init_distributed(device: str = "cpu") -> DistContext:
 
 def cleanup(ctx: DistContext) -> None:
     """Destroy the process group this context created."""
-    if ctx.owns_group:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _reduce_device(ctx: DistContext) -> torch.device:
@@ -92,8 +90,6 @@ def all_reduce_mean(value: float, ctx: DistContext) -> float:
     """The mean of a Python float over all ranks (the value itself for one process)."""
     if not ctx.distributed:
         return float(value)
-    import torch.distributed as dist
-
     t = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device(ctx))
     dist.all_reduce(t)
     return float(t.item()) / ctx.world
@@ -106,8 +102,6 @@ def average_gradients(params: Iterable[nn.Parameter], ctx: DistContext) -> None:
     """
     if not ctx.distributed:
         return
-    import torch.distributed as dist
-
     params = [p for p in params if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads]).to(_reduce_device(ctx))
@@ -124,8 +118,6 @@ def replicas_max_difference(tensors: Iterable[Tensor], ctx: DistContext) -> floa
     """Largest absolute difference of ``tensors`` between any rank and rank 0 (0.0 for one process)."""
     if not ctx.distributed:
         return 0.0
-    import torch.distributed as dist
-
     flat = torch.cat([t.detach().float().reshape(-1) for t in tensors]).to(_reduce_device(ctx))
     ref = flat.clone()
     dist.broadcast(ref, src=0)
@@ -136,8 +128,6 @@ def replicas_max_difference(tensors: Iterable[Tensor], ctx: DistContext) -> floa
 
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -145,8 +135,28 @@ def broadcast_object(obj, ctx: DistContext):
     """Rank 0's ``obj`` on every rank."""
     if not ctx.distributed:
         return obj
-    import torch.distributed as dist
-
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def current_context() -> DistContext:
+    """Where this process sits in the already initialised process group (rank 0 of 1 when there is none).
+
+    Unlike ``init_distributed`` it joins nothing: for code (e.g. ``evaluate``) called inside a job someone else
+    started. Collectives run on the current CUDA device under NCCL, on the CPU otherwise.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistContext(0, 1, 0, torch.device("cpu"), None)
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0), device, backend)
+
+
+def all_reduce_sum(t: Tensor, ctx: DistContext) -> Tensor:
+    """The element-wise sum of ``t`` over all ranks, on the CPU (``t`` itself for one process); a collective."""
+    if not ctx.distributed:
+        return t
+    flat = t.to(_reduce_device(ctx))
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat.cpu()

@@ -31,6 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io_utils import atomic_write_text
+from ..modeling.backbones import TINY_MODEL, FrozenBackbone, build_backbone
+from ..modeling.config import SegmenterConfig
+from ..segmenter import Segmenter
+
 log = logging.getLogger(__name__)
 
 PROMPTS_5 = ["a cat", "a dog", "a car", "a tree", "a person"]
@@ -66,7 +71,7 @@ CLIPSEG_RD64_REFINED: dict[str, Any] = {
 
 def clipseg_config(overrides: dict[str, Any] | None = None):
     """A ``CLIPSegConfig`` equal to CIDAS/clipseg-rd64-refined, with ``overrides`` merged in (sub-dicts too)."""
-    from transformers import CLIPSegConfig
+    from transformers import CLIPSegConfig  # heavy optional library: only the benchmark needs it
 
     values: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in CLIPSEG_RD64_REFINED.items()}
     for k, v in (overrides or {}).items():
@@ -124,7 +129,7 @@ def _normalise(img: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...])
 
 def _text_ids(texts: list[str]) -> tuple[Tensor, Tensor]:
     """CLIP BPE ids and attention mask padded to the longest prompt (what CLIPSegProcessor(padding=True) gives)."""
-    import open_clip
+    import open_clip  # heavy optional library: loaded only when the benchmark runs
 
     ids = open_clip.tokenize(texts)  # N x 77, zero padded
     mask = (ids != 0).long()
@@ -134,13 +139,11 @@ def _text_ids(texts: list[str]) -> tuple[Tensor, Tensor]:
 
 def _open_clip_at_size(backbone, size: int):
     """open_clip model of the backbone's architecture built for ``size``, with the backbone's (resized) weights."""
-    import open_clip
+    import open_clip  # heavy optional library: loaded only when the benchmark runs
 
     model_id: str = getattr(backbone, "model_id", "")
     if not model_id.startswith("open_clip:") and not model_id.startswith("vlfss-tiny"):
         return None
-    from ..modeling.backbones import TINY_MODEL
-
     arch = TINY_MODEL if model_id.startswith("vlfss-tiny") else model_id.split(":", 1)[1].rsplit("@", 1)[0]
     if arch.startswith(("hf-hub:", "local-dir:")):
         return None
@@ -178,6 +181,18 @@ def _ours(seg, fresh: _FreshQueries, **kwargs: Any) -> Callable[[], Any]:
     return call
 
 
+@dataclass
+class _Setup:
+    """The models of one benchmark run and the timed calls over them."""
+
+    backbone: FrozenBackbone  # the encoder under test
+    seg: Segmenter  # ours, fp32
+    seg_bf16: Segmenter  # ours under bfloat16 autocast
+    clipseg: Any  # transformers' CLIPSegForImageSegmentation (random weights)
+    scene: _Images  # the query, support image and support mask
+    calls: dict[str, Callable[[], Any]]  # variant key -> one timed call
+
+
 def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: str | Path | None = None, *,
               pretrained: str | None = None, threads: int | None = None, bf16_repeats: int | None = None,
               bf16_budget_s: float = 60.0, clipseg_overrides: dict[str, Any] | None = None,
@@ -187,12 +202,6 @@ def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: s
     ``bf16_repeats`` None: as many rounds of (f) as fit ``bf16_budget_s`` judged by its warm-up call
     (at least 1, at most ``repeats``). ``clipseg_overrides`` changes the CLIPSeg config (tests use a tiny one).
     """
-    import transformers
-    from transformers import CLIPSegForImageSegmentation
-
-    from ..modeling.backbones import build_backbone
-    from ..segmenter import Segmenter, SegmenterConfig
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     prev_threads = torch.get_num_threads()
@@ -201,102 +210,134 @@ def run_bench(size: int = 352, repeats: int = 7, model: str = "ViT-B-16", out: s
     try:
         torch.manual_seed(seed)
         t_build = time.perf_counter()
-        backbone = build_backbone(model, pretrained or "random")  # a speed benchmark: random weights unless given
-        if size % backbone.patch_size:
-            raise ValueError(f"size {size} is not a multiple of the patch size {backbone.patch_size}")
-        cfg = SegmenterConfig(model=model, pretrained=pretrained, mode="training-free", input_size=size)
-        seg = Segmenter(backbone, cfg).eval()
-        seg_bf16 = Segmenter(backbone, SegmenterConfig(model=model, pretrained=pretrained, mode="training-free",
-                                                       input_size=size, autocast_bf16=True)).eval()
-        oc_model = _open_clip_at_size(backbone, size)
-        clipseg = CLIPSegForImageSegmentation(clipseg_config(clipseg_overrides)).eval()
+        setup = _build(size, model, pretrained, clipseg_overrides, seed)
         log.info("models built in %.1f s", time.perf_counter() - t_build)
-
-        scene = _scene(size, seed)
-        fresh = _FreshQueries(scene.query)
-        support = [(scene.support, scene.support_mask)]
-        x_query = _normalise(scene.query, backbone.mean, backbone.std)
-        ids5, mask5 = _text_ids(PROMPTS_5)
-        cs_mean, cs_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
-        def clipseg_visual() -> Tensor:
-            q = _normalise(scene.query, cs_mean, cs_std)
-            s = _normalise(scene.support, cs_mean, cs_std)
-            return clipseg(pixel_values=q, conditional_pixel_values=s).logits
-
-        def clipseg_text() -> Tensor:
-            q = _normalise(scene.query, cs_mean, cs_std).expand(len(PROMPTS_5), -1, -1, -1).contiguous()
-            return clipseg(input_ids=ids5, attention_mask=mask5, pixel_values=q).logits
-
-        calls: dict[str, Callable[[], Any]] = {"a": lambda: backbone.dense(x_query, "plain")}
-        if oc_model is not None:
-            calls["a_oc"] = lambda: oc_model.encode_image(x_query)
-        calls["b"] = _ours(seg, fresh, texts=["a cat"], supports=support)
-        calls["c"] = clipseg_visual
-        calls["d"] = _ours(seg, fresh, texts=PROMPTS_5)
-        calls["e"] = clipseg_text
-        calls["f"] = _ours(seg_bf16, fresh, texts=["a cat"], supports=support)
-
-        times: dict[str, list[float]] = {k: [] for k in calls}
-        warmup: dict[str, float] = {}
         with torch.inference_mode():
-            for s in (seg, seg_bf16):  # prime: encode the support (and its text) once, so each call encodes 1 image
-                s.segment(scene.support, texts=["a cat"], supports=support)
-            for name, fn in calls.items():  # warm-up: also caches the support features and text embeddings
-                t0 = time.perf_counter()
-                fn()
-                warmup[name] = time.perf_counter() - t0
-                log.info("warm-up %s: %.3f s", name, warmup[name])
+            warmup = _warm_up(setup)
             if bf16_repeats is None:
                 n_f = max(1, min(repeats, int(bf16_budget_s // max(warmup["f"], 1e-6))))
             else:
                 n_f = max(0, min(repeats, bf16_repeats))
-            text_encodes0 = backbone.text_encodes
-            names = list(calls)
-            for r in range(repeats):
-                order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always runs first
-                for name in order:
-                    if name == "f" and r >= n_f:
-                        continue
-                    t0 = time.perf_counter()
-                    calls[name]()
-                    times[name].append(time.perf_counter() - t0)
-                log.info("round %d/%d done", r + 1, repeats)
-            text_encodes = backbone.text_encodes - text_encodes0
-
-        medians = {k: _median(v) for k, v in times.items()}
-        ratios: dict[str, dict[str, Any]] = {}
-        for key, num, den in RATIOS:
-            if medians.get(num) is None or medians.get(den) is None:
-                continue
-            value = medians[num] / medians[den]
-            entry: dict[str, Any] = {"value": round(value, 4)}
-            if key in TARGETS:
-                op, target = TARGETS[key]
-                entry.update(target=f"{op} {target}", met=bool(value <= target if op == "<=" else value >= target))
-            ratios[key] = entry
-        result: dict[str, Any] = {
-            "config": {"model": model, "pretrained": pretrained, "size": size, "repeats": repeats,
-                       "bf16_repeats": n_f, "threads": n_threads, "variant": seg.variant, "seed": seed,
-                       "torch": torch.__version__, "transformers": transformers.__version__,
-                       "cpu": platform.processor() or platform.machine(),
-                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "cpu_bf16_units": _cpu_bf16_units(),
-                       "clipseg_attn_implementation": getattr(clipseg.config, "_attn_implementation", None)},
-            "variants": {k: {"label": LABELS[k], "median_s": medians[k], "warmup_s": warmup[k], "times_s": times[k]}
-                         for k in calls},
-            "ratios": ratios,
-            "checks": {"text_encodes_during_timing": text_encodes, "query_encodes_per_call": 1},
-        }
+            text_encodes0 = setup.backbone.text_encodes
+            times = _timed_rounds(setup.calls, repeats, n_f)
+            text_encodes = setup.backbone.text_encodes - text_encodes0
+        config = {"model": model, "pretrained": pretrained, "size": size, "repeats": repeats, "bf16_repeats": n_f,
+                  "threads": n_threads, "variant": setup.seg.variant, "seed": seed}
+        result = _result(config, setup, times, warmup, text_encodes)
         if print_table:
             print(format_table(result))
         if out is not None:
-            from ..io_utils import atomic_write_text
-
             atomic_write_text(out, json.dumps(result, indent=2))
         return result
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def _build(size: int, model: str, pretrained: str | None, clipseg_overrides: dict[str, Any] | None,
+           seed: int) -> _Setup:
+    """Build ours (fp32 and bf16), open_clip's own model at ``size`` and CLIPSeg; define the timed calls."""
+    from transformers import CLIPSegForImageSegmentation  # heavy optional library: only the benchmark needs it
+
+    backbone = build_backbone(model, pretrained or "random")  # a speed benchmark: random weights unless given
+    if size % backbone.patch_size:
+        raise ValueError(f"size {size} is not a multiple of the patch size {backbone.patch_size}")
+    cfg = SegmenterConfig(model=model, pretrained=pretrained, mode="training-free", input_size=size)
+    seg = Segmenter(backbone, cfg).eval()
+    seg_bf16 = Segmenter(backbone, SegmenterConfig(model=model, pretrained=pretrained, mode="training-free",
+                                                   input_size=size, autocast_bf16=True)).eval()
+    oc_model = _open_clip_at_size(backbone, size)
+    clipseg = CLIPSegForImageSegmentation(clipseg_config(clipseg_overrides)).eval()
+
+    scene = _scene(size, seed)
+    fresh = _FreshQueries(scene.query)
+    support = [(scene.support, scene.support_mask)]
+    x_query = _normalise(scene.query, backbone.mean, backbone.std)
+    ids5, mask5 = _text_ids(PROMPTS_5)
+    cs_mean, cs_std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+    def clipseg_visual() -> Tensor:
+        q = _normalise(scene.query, cs_mean, cs_std)
+        s = _normalise(scene.support, cs_mean, cs_std)
+        return clipseg(pixel_values=q, conditional_pixel_values=s).logits
+
+    def clipseg_text() -> Tensor:
+        q = _normalise(scene.query, cs_mean, cs_std).expand(len(PROMPTS_5), -1, -1, -1).contiguous()
+        return clipseg(input_ids=ids5, attention_mask=mask5, pixel_values=q).logits
+
+    calls: dict[str, Callable[[], Any]] = {"a": lambda: backbone.dense(x_query, "plain")}
+    if oc_model is not None:
+        calls["a_oc"] = lambda: oc_model.encode_image(x_query)
+    calls["b"] = _ours(seg, fresh, texts=["a cat"], supports=support)
+    calls["c"] = clipseg_visual
+    calls["d"] = _ours(seg, fresh, texts=PROMPTS_5)
+    calls["e"] = clipseg_text
+    calls["f"] = _ours(seg_bf16, fresh, texts=["a cat"], supports=support)
+    return _Setup(backbone, seg, seg_bf16, clipseg, scene, calls)
+
+
+def _warm_up(setup: _Setup) -> dict[str, float]:
+    """Prime the caches and call every variant once; returns the warm-up seconds per variant."""
+    support = [(setup.scene.support, setup.scene.support_mask)]
+    for s in (setup.seg, setup.seg_bf16):  # prime: encode the support (and its text) once, so each call encodes 1
+        s.segment(setup.scene.support, texts=["a cat"], supports=support)
+    warmup: dict[str, float] = {}
+    for name, fn in setup.calls.items():  # warm-up: also caches the support features and text embeddings
+        t0 = time.perf_counter()
+        fn()
+        warmup[name] = time.perf_counter() - t0
+        log.info("warm-up %s: %.3f s", name, warmup[name])
+    return warmup
+
+
+def _timed_rounds(calls: dict[str, Callable[[], Any]], repeats: int, n_f: int) -> dict[str, list[float]]:
+    """``repeats`` round-robin rounds (rotated so no variant always runs first); (f) only in its first n_f."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    names = list(calls)
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always runs first
+        for name in order:
+            if name == "f" and r >= n_f:
+                continue
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+        log.info("round %d/%d done", r + 1, repeats)
+    return times
+
+
+def _ratios(medians: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """The ratios of medians, each with its target and whether it is met."""
+    ratios: dict[str, dict[str, Any]] = {}
+    for key, num, den in RATIOS:
+        a, b = medians.get(num), medians.get(den)
+        if a is None or b is None:
+            continue
+        value = a / b
+        entry: dict[str, Any] = {"value": round(value, 4)}
+        if key in TARGETS:
+            op, target = TARGETS[key]
+            entry.update(target=f"{op} {target}", met=bool(value <= target if op == "<=" else value >= target))
+        ratios[key] = entry
+    return ratios
+
+
+def _result(config: dict[str, Any], setup: _Setup, times: dict[str, list[float]], warmup: dict[str, float],
+            text_encodes: int) -> dict[str, Any]:
+    """The JSON-ready figures: config (with versions and CPU), per-variant times, ratios, checks."""
+    import transformers  # heavy optional library: only the benchmark needs it (loaded by _build already)
+
+    medians = {k: _median(v) for k, v in times.items()}
+    config = {**config, "torch": torch.__version__, "transformers": transformers.__version__,
+              "cpu": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": _cpu_bf16_units(),
+              "clipseg_attn_implementation": getattr(setup.clipseg.config, "_attn_implementation", None)}
+    return {
+        "config": config,
+        "variants": {k: {"label": LABELS[k], "median_s": medians[k], "warmup_s": warmup[k], "times_s": times[k]}
+                     for k in setup.calls},
+        "ratios": _ratios(medians),
+        "checks": {"text_encodes_during_timing": text_encodes, "query_encodes_per_call": 1},
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..errors import InputError
 
@@ -143,13 +144,11 @@ class FSSMeter:
         return m.merge(state)
 
     def all_reduce(self, group: Any = None) -> FSSMeter:
-        """A new meter with the sums over all processes of ``torch.distributed`` (self if not initialised).
+        """A new meter with the sums over all processes of ``torch.distributed`` (a copy if not initialised).
 
         Every rank must call it (it is a collective). Counts go through ``all_reduce(SUM)`` on a CPU tensor
         (gloo) or the current CUDA device (NCCL); the episode-wise rows through ``all_gather_object``.
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return FSSMeter.from_state(self.state())
         st = self.state()

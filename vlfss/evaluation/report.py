@@ -157,7 +157,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------ plots
 def _figure(w: float = 6.4, h: float = 4.2):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy optional library: loaded only when a plot is drawn
 
     return Figure(figsize=(w, h), dpi=100, layout="constrained")
 
