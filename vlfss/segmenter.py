@@ -25,7 +25,7 @@ from .config import from_dict
 from .data.image import ImageLike, load_image, load_mask
 from .errors import InputError, ModelError
 from .modeling import functional as fn
-from .modeling import slide
+from .modeling import refine, slide
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
@@ -343,7 +343,17 @@ class Segmenter(nn.Module):
             per_scale = [[self.logits(q, request) for q in self.encode(imgs, request.variant, round(native * r))]
                          for r in self.cfg.scales]
             fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
-        return [make_output(fn.nway_logits(f.unsqueeze(0))[0], names) for f in fg]
+        logits = [fn.nway_logits(f.unsqueeze(0))[0] for f in fg]
+        if self.cfg.refine == "pamr":
+            logits = [self._refine(img, lg) for img, lg in zip(imgs, logits)]
+        return [make_output(lg, names) for lg in logits]
+
+    def _refine(self, image: np.ndarray, logits: Tensor) -> Tensor:
+        """PAMR on the image at its original size: (N+1) x H x W logits -> log of the refined probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
+        probs = refine.pamr(x, logits.float().softmax(0).unsqueeze(0), self.cfg.refine_iterations,
+                            list(self.cfg.refine_dilations))[0]
+        return probs.clamp_min(1e-8).log()
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
