@@ -33,6 +33,7 @@ from .modeling.config import Mode, SegmenterConfig
 from .modeling.head import SegHead
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
+from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,10 @@ class Segmenter(nn.Module):
         neg_text = self.text_embeddings(neg_strs) if neg_strs else None
         head = self.head if mode == "learned" else None
         if head is not None and adapt_steps > 0:
-            head = adapt_head(self, specs, negs, steps=adapt_steps)
+            if self.cfg.adapt_validate:
+                head, _ = adapt_validated(head, specs, negs, adapt_steps, self.cfg.adapt_lr)
+            else:
+                head = adapt_head(self, specs, negs, steps=adapt_steps, lr=self.cfg.adapt_lr)
         state = None
         with torch.no_grad():  # the supports' side of the scoring, once for all the query images
             if head is None:

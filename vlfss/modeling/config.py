@@ -99,6 +99,9 @@ class SegmenterConfig:
     # probabilities along similar colours (PAMR); measured in docs/results.md ("Inference strategies")
     refine_iterations: int = 10  # pamr: propagation steps
     refine_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])  # pamr: neighbourhood rings
+    adapt_validate: bool = True  # test-time adaptation (adapt_steps > 0) only when leave-one-out validation on the
+    # supports says it helps, with the step count it picks (1 support per class: declined); False: always adapt
+    adapt_lr: float = 1e-4  # test-time adaptation learning rate (Adam)
     autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
     feature_cache_items: int = 256  # in-memory feature cache size
     feature_cache_dir: str | None = None  # optional on-disk feature cache
