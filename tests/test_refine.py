@@ -44,3 +44,14 @@ def test_refine_pamr_in_the_segmenter_keeps_the_output_size(tiny_backbone):
     out = seg.segment(img, supports=[(img, mask)])
     assert out.labels.shape == (50, 70)
     assert torch.allclose(out.probs.sum(0), torch.ones(50, 70), atol=1e-4)
+
+
+def test_large_images_are_refined_at_a_capped_size(tiny_backbone):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (40, 700, 3), dtype=np.uint8)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", refine="pamr", refine_max_side=128,
+                                                   refine_iterations=2, inference="resize"))
+    logits = torch.randn(2, 40, 700)
+    out = seg._refine(img, logits)
+    assert out.shape == (2, 40, 700)
+    assert torch.allclose(out.exp().sum(0), torch.ones(40, 700), atol=1e-4)

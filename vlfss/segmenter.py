@@ -353,11 +353,21 @@ class Segmenter(nn.Module):
         return [make_output(lg, names) for lg in logits]
 
     def _refine(self, image: np.ndarray, logits: Tensor) -> Tensor:
-        """PAMR on the image at its original size: (N+1) x H x W logits -> log of the refined probabilities."""
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-        probs = refine.pamr(x, logits.float().softmax(0).unsqueeze(0), self.cfg.refine_iterations,
-                            list(self.cfg.refine_dilations))[0]
-        return probs.clamp_min(1e-8).log()
+        """PAMR on the image: (N+1) x H x W logits -> log of the refined probabilities. Images with a long side over
+        ``refine_max_side`` are refined at that size and the result upsampled (PAMR's cost and memory grow with
+        pixels x neighbours x iterations)."""
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
+        probs = logits.float().softmax(0).unsqueeze(0)
+        size = tuple(probs.shape[-2:])
+        r = self.cfg.refine_max_side / max(size)
+        if r < 1:
+            small = (max(1, round(size[0] * r)), max(1, round(size[1] * r)))
+            x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
+            probs = F.interpolate(probs, size=small, mode="bilinear", align_corners=False)
+        probs = refine.pamr(x, probs, self.cfg.refine_iterations, list(self.cfg.refine_dilations))
+        if r < 1:
+            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+        return probs[0].clamp_min(1e-8).log()
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: Sequence[str | None] | str | None = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
