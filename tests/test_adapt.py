@@ -98,3 +98,38 @@ def test_adaptation_computes_each_pseudo_episode_prior_once(seg, rng):
     with torch.no_grad():
         priors = support_priors(seg.head, specs)
         assert torch.allclose(support_loss(seg.head, specs, priors=priors), support_loss(seg.head, specs))
+
+
+def _pairs(rng, n):
+    out = []
+    for _ in range(n):
+        img = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        mask[8:30, 10:40] = 1
+        out.append((img, mask))
+    return out
+
+
+def test_validated_adaptation_declines_with_one_support(seg, rng):
+    from vlfss.modeling.tta import choose_steps
+
+    specs = seg.build_specs(["x"], [_pairs(rng, 1)], seg.head_variant)
+    choice = choose_steps(seg.head, specs, [], [2, 4], lr=1e-3)
+    assert choice.steps == 0 and "fewer than 2 supports" in choice.reason
+    # and a 1-shot request with adapt_steps answers exactly as without adaptation
+    q = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    pair = _pairs(rng, 1)
+    a = seg.segment(q, texts=["x"], supports=pair, adapt_steps=4)
+    b = seg.segment(q, texts=["x"], supports=pair)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)  # the unadapted head (equal up to float noise)
+
+
+def test_validated_adaptation_scores_every_candidate_on_held_out_supports(seg, rng):
+    from vlfss.modeling.tta import choose_steps
+
+    specs = seg.build_specs(["x"], [_pairs(rng, 3)], seg.head_variant)
+    choice = choose_steps(seg.head, specs, [], [1, 3], lr=1e-3, folds=2)
+    assert set(choice.scores) == {0, 1, 3}
+    assert all(0.0 <= v <= 1.0 for v in choice.scores.values())
+    best = max(choice.scores.values())
+    assert choice.steps == 0 or choice.scores[choice.steps] == best  # only the best count can be chosen

@@ -25,6 +25,7 @@ from .config import from_dict
 from .data.image import ImageLike, load_image, load_mask
 from .errors import InputError, ModelError
 from .modeling import functional as fn
+from .modeling import refine, slide
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
@@ -32,6 +33,7 @@ from .modeling.config import Mode, SegmenterConfig
 from .modeling.head import SegHead
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
+from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,9 @@ class Segmenter(nn.Module):
         return pl.class_names
 
     # ---------------------------------------------------------------------------------- encoding
-    def encoder_size(self, h: int, w: int) -> tuple[int, int]:
-        """Long side -> input_size, sides rounded to multiples of the patch size (at least one patch)."""
-        side = self.cfg.input_size or self.backbone.image_size
+    def encoder_size(self, h: int, w: int, side: int | None = None) -> tuple[int, int]:
+        """Long side -> ``side`` (default input_size), sides rounded to multiples of the patch size (>= one patch)."""
+        side = side or self.cfg.input_size or self.backbone.image_size
         p = self.backbone.patch_size
         s = side / max(h, w)
         return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
@@ -128,32 +130,86 @@ class Segmenter(nn.Module):
         std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
         return ((x - mean) / std)[0]
 
-    def encode(self, images: Sequence[np.ndarray], variant: str | None = None) -> list[Encoded]:
-        """Features of RGB uint8 images, from the cache where possible; misses of one size run as one batch."""
+    def window_geometry(self) -> tuple[int, int]:
+        """(window, stride) in pixels for slide inference, validated and aligned to the patch size."""
+        p = self.backbone.patch_size
+        window = self.cfg.window or self.backbone.image_size
+        stride = self.cfg.stride or max(p, int(round(window * 2 / 3 / p)) * p)
+        if window <= 0 or stride <= 0:
+            raise InputError(f"window={window} and stride={stride} must be positive; e.g. window=96 stride=64")
+        if stride > window:
+            raise InputError(f"stride={stride} is larger than window={window}: windows would leave gaps; use "
+                             f"stride <= window")
+        if window % p or stride % p:
+            raise InputError(f"window={window} and stride={stride} must be multiples of the patch size {p}")
+        return window, stride
+
+    def strategy(self, h: int, w: int) -> str:
+        """How an h x w image is encoded: "slide" or "resize" (multiscale encodes each scale by resizing)."""
+        s = self.cfg.inference
+        if s == "auto":
+            window = self.window_geometry()[0]
+            return "slide" if max(h, w) >= self.cfg.auto_slide_factor * window else "resize"
+        return "slide" if s == "slide" else "resize"
+
+    def _plan(self, h: int, w: int, side: int | None) -> tuple[tuple[int, int], str, list[tuple[int, int]] | None]:
+        """(canvas size, cache tag, windows or None) for an h x w image."""
+        if side is not None or self.strategy(h, w) == "resize":
+            return self.encoder_size(h, w, side), "", None
+        window, stride = self.window_geometry()
+        if self.cfg.slide_short_side:
+            r = self.cfg.slide_short_side / min(h, w)
+            h, w = max(1, round(h * r)), max(1, round(w * r))
+        canvas = slide.slide_canvas(h, w, window, self.backbone.patch_size)
+        return canvas, f"|slide{window}/{stride}", slide.window_boxes(*canvas, window, stride)
+
+    def _encode_batch(self, batch: Tensor, variant: str) -> tuple[list[Tensor], Tensor]:
+        """Frozen dense features of a normalised batch: (taps, z), float32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
+                            and self.backbone.device.type == "cpu"):
+            feats = self.backbone.dense(batch.to(self.backbone.device), variant)
+        return [t.float() for t in feats.taps], feats.z.float()
+
+    def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]], variant: str) -> tuple[list[Tensor], Tensor]:
+        """One image's windows in one batch, stitched into one feature grid (taps, z) for the whole canvas."""
+        window, p = self.window_geometry()[0], self.backbone.patch_size
+        taps, z = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
+        cells = [(y // p, xx // p) for y, xx in boxes]
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        return [slide.stitch(t, cells, grid) for t in taps], slide.stitch(z, cells, grid)
+
+    def encode(self, images: Sequence[np.ndarray], variant: str | None = None,
+               side: int | None = None) -> list[Encoded]:
+        """Features of RGB uint8 images, from the cache where possible. Resized images of one size run as one batch;
+        a slid image's windows run as one batch. ``side``: resize to this long side (multiscale)."""
         variant = variant or self.variant
         out: list[Encoded | None] = [None] * len(images)
         todo: dict[tuple[int, int], list[tuple[int, str, Tensor]]] = {}
+        slides: list[tuple[int, str, Tensor, list[tuple[int, int]]]] = []
+        n_taps = len(self.backbone.taps)
         for i, img in enumerate(images):
-            size = self.encoder_size(*img.shape[:2])
-            key = FeatureCache.key(self.backbone.model_id, variant, size, content_hash(img))
+            size, tag, boxes = self._plan(*img.shape[:2], side)
+            key = FeatureCache.key(self.backbone.model_id, variant + tag, size, content_hash(img))
             hit = self.cache.get(key)
             x = self._to_input(img, size)
             if hit is not None:
-                out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(len(self.backbone.taps))], z=hit["z"], rgb=x,
+                out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(n_taps)], z=hit["z"], rgb=x,
                                  size=tuple(img.shape[:2]))
+            elif boxes is not None:
+                slides.append((i, key, x, boxes))
             else:
                 todo.setdefault(size, []).append((i, key, x))
-        for items in todo.values():
-            batch = torch.stack([x for _, _, x in items]).to(self.backbone.device)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
-                                and self.backbone.device.type == "cpu"):
-                feats = self.backbone.dense(batch, variant)
+        done = [(items, self._encode_batch(torch.stack([x for _, _, x in items]), variant))
+                for items in todo.values()]
+        done += [([(i, key, x)], (lambda t, z: ([t_[None] for t_ in t], z[None]))(*self._encode_slide(x, b, variant)))
+                 for i, key, x, b in slides]
+        for items, (taps, z) in done:
             self.image_encodes += len(items)
             for j, (i, key, x) in enumerate(items):
-                entry = {f"tap{t}": feats.taps[t][j].float().clone() for t in range(len(feats.taps))}
-                entry["z"] = feats.z[j].float().clone()
+                entry = {f"tap{t}": taps[t][j].clone() for t in range(n_taps)}
+                entry["z"] = z[j].clone()
                 self.cache.put(key, entry)
-                out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(len(feats.taps))], z=entry["z"], rgb=x,
+                out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(n_taps)], z=entry["z"], rgb=x,
                                  size=tuple(images[i].shape[:2]))
         return out  # type: ignore[return-value]
 
@@ -248,7 +304,10 @@ class Segmenter(nn.Module):
         neg_text = self.text_embeddings(neg_strs) if neg_strs else None
         head = self.head if mode == "learned" else None
         if head is not None and adapt_steps > 0:
-            head = adapt_head(head, specs, negs, steps=adapt_steps)
+            if self.cfg.adapt_validate:
+                head, _ = adapt_validated(head, specs, negs, adapt_steps, self.cfg.adapt_lr)
+            else:
+                head = adapt_head(head, specs, negs, steps=adapt_steps, lr=self.cfg.adapt_lr)
         state = None
         with torch.no_grad():  # the supports' side of the scoring, once for all the query images
             if head is None:
@@ -276,8 +335,34 @@ class Segmenter(nn.Module):
         imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
                 for i, x in enumerate(images)]
         names = [s.name for s in request.specs]
-        return [make_output(fn.nway_logits(self.logits(q, request).unsqueeze(0))[0], names)
-                for q in self.encode(imgs, request.variant)]
+        if self.cfg.inference != "multiscale":
+            fg = [self.logits(q, request) for q in self.encode(imgs, request.variant)]
+        else:  # per-class log-odds averaged over scales at each image's own size
+            native = self.cfg.input_size or self.backbone.image_size
+            per_scale = [[self.logits(q, request) for q in self.encode(imgs, request.variant, round(native * r))]
+                         for r in self.cfg.scales]
+            fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
+        logits = [fn.nway_logits(f.unsqueeze(0))[0] for f in fg]
+        if self.cfg.refine == "pamr":
+            logits = [self._refine(img, lg) for img, lg in zip(imgs, logits)]
+        return [make_output(lg, names) for lg in logits]
+
+    def _refine(self, image: np.ndarray, logits: Tensor) -> Tensor:
+        """PAMR on the image: (N+1) x H x W logits -> log of the refined probabilities. Images with a long side over
+        ``refine_max_side`` are refined at that size and the result upsampled (PAMR's cost and memory grow with
+        pixels x neighbours x iterations)."""
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
+        probs = logits.float().softmax(0).unsqueeze(0)
+        size = tuple(probs.shape[-2:])
+        r = self.cfg.refine_max_side / max(size)
+        if r < 1:
+            small = (max(1, round(size[0] * r)), max(1, round(size[1] * r)))
+            x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
+            probs = F.interpolate(probs, size=small, mode="bilinear", align_corners=False)
+        probs = refine.pamr(x, probs, self.cfg.refine_iterations, list(self.cfg.refine_dilations))
+        if r < 1:
+            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+        return probs[0].clamp_min(1e-8).log()
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,

@@ -69,10 +69,18 @@ def _fss(data_root, split, fold=0, split_dir=None) -> Benchmark:
     return Benchmark("fss1000", ds, split, fold, [novel], bases=[list(range(n_train))])
 
 
-def _synthetic(data_root, split, fold, n_images=None, seed=0, fmt="hf", image_size=96, workers=None) -> Benchmark:
+def _synthetic(data_root, split, fold, n_images=None, seed=0, fmt="hf", image_size=96, workers=None,
+               texture_scale=None) -> Benchmark:
     from .synthetic_store import SyntheticBenchmark
 
-    return SyntheticBenchmark(split, fold, n_images, seed, fmt, data_root, image_size, workers)
+    return SyntheticBenchmark(split, fold, n_images, seed, fmt, data_root, image_size, workers, texture_scale)
+
+
+def _synthetic_large(data_root, split, fold, n_images=None, seed=0, fmt="hf", image_size=288, workers=None,
+                     texture_scale=1.0) -> Benchmark:
+    """The synthetic world as large photos: 288-px scenes with textures at their native pixel size (3x the
+    encoder's 96-px input in each direction), same classes, folds and episode seeds as ``synthetic``."""
+    return _synthetic(data_root, split, fold, n_images, seed, fmt, image_size, workers, texture_scale)
 
 
 def _folder(data_root, split, fold, folds=None, num_folds=4, index_file=None) -> Benchmark:
@@ -94,6 +102,7 @@ _BUILDERS: dict[str, Callable[..., Benchmark]] = {
     "coco20i": _coco,
     "fss1000": _fss,
     "synthetic": _synthetic,
+    "synthetic-large": _synthetic_large,
     "folder": _folder,
     "hf": _hf,
 }

@@ -36,16 +36,18 @@ FORMATS = ("hf", "folder")
 _FORMAT_VERSION = 1
 
 
-def synthetic_path(root: str | Path | None, split: str, n_images: int, seed: int, fmt: str, image_size: int) -> Path:
+def synthetic_path(root: str | Path | None, split: str, n_images: int, seed: int, fmt: str, image_size: int,
+                   texture_scale: float | None = None) -> Path:
     """Where ``materialize_synthetic`` puts (or finds) one materialisation."""
     base = Path(root).expanduser() if root is not None else default_cache_dir()
-    return base / "synthetic" / f"seed{seed}-{image_size}px" / f"{split}-{n_images}" / fmt
+    world = f"seed{seed}-{image_size}px" + ("" if texture_scale is None else f"-tex{texture_scale:g}")
+    return base / "synthetic" / world / f"{split}-{n_images}" / fmt
 
 
-def _render(args: tuple[int, int, int, str]) -> dict:
+def _render(args: tuple[int, int, int, str, float | None]) -> dict:
     """One scene as PNG bytes (runs in worker processes)."""
-    seed, index, image_size, split = args
-    scene = generate_scene(seed, index, SyntheticConfig(image_size=image_size))
+    seed, index, image_size, split, texture_scale = args
+    scene = generate_scene(seed, index, SyntheticConfig(image_size=image_size, texture_scale=texture_scale))
     return {
         "id": f"{split}_{index - SPLIT_OFFSETS[split]:07d}",
         "image": encode_png(scene.image),
@@ -55,8 +57,9 @@ def _render(args: tuple[int, int, int, str]) -> dict:
     }
 
 
-def _scenes(seed: int, split: str, n: int, image_size: int, workers: int) -> Iterator[dict]:
-    jobs = [(seed, SPLIT_OFFSETS[split] + k, image_size, split) for k in range(n)]
+def _scenes(seed: int, split: str, n: int, image_size: int, workers: int,
+            texture_scale: float | None = None) -> Iterator[dict]:
+    jobs = [(seed, SPLIT_OFFSETS[split] + k, image_size, split, texture_scale) for k in range(n)]
     if workers <= 1:
         yield from map(_render, jobs)
         return
@@ -67,11 +70,12 @@ def _scenes(seed: int, split: str, n: int, image_size: int, workers: int) -> Ite
         yield from pool.map(_render, jobs, chunksize=max(1, n // (workers * 8)))
 
 
-def _generator_fingerprint(seed: int, split: str, image_size: int) -> str:
+def _generator_fingerprint(seed: int, split: str, image_size: int, texture_scale: float | None = None) -> str:
     """Hash of the split's first scene: a changed generator invalidates old materialisations (one scene, ~10 ms)."""
     import hashlib
 
-    sc = generate_scene(seed, SPLIT_OFFSETS[split], SyntheticConfig(image_size=image_size))
+    cfg = SyntheticConfig(image_size=image_size, texture_scale=texture_scale)
+    sc = generate_scene(seed, SPLIT_OFFSETS[split], cfg)
     return hashlib.sha256(sc.image.tobytes() + sc.mask.tobytes() + sc.caption.encode()).hexdigest()[:16]
 
 
@@ -132,11 +136,14 @@ def materialize_synthetic(
     fmt: str = "hf",
     image_size: int = 96,
     workers: int | None = None,
+    texture_scale: float | None = None,
 ) -> Path:
     """Write (or reuse) ``n_images`` synthetic scenes of ``split`` in format ``fmt``; returns the folder.
 
     ``fmt`` is ``"hf"`` (``datasets.Dataset.save_to_disk``) or ``"folder"`` (see ``vlfss.data.folder``).
     ``workers`` processes render scenes in parallel (default: up to 4 for 256+ images, else 1).
+    ``texture_scale``: pattern period multiplier (None: image_size / 96, the same look at any size; 1.0: textures
+    at their native pixel size, so a larger image shows more of the world, as a large photo does).
     """
     split = normalise_split(split)
     if fmt not in FORMATS:
@@ -148,9 +155,15 @@ def materialize_synthetic(
         raise InputError(f"image_size must be an integer >= 16, got {image_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    final = synthetic_path(root, split, n, seed, fmt, image_size)
+    if texture_scale is not None and (isinstance(texture_scale, bool) or not isinstance(texture_scale, (int, float))
+                                      or not 0.1 <= texture_scale <= 10):
+        raise InputError(f"texture_scale must be a number in 0.1..10 (or None), got {texture_scale!r}")
+    final = synthetic_path(root, split, n, seed, fmt, image_size, texture_scale)
     params = {"version": _FORMAT_VERSION, "split": split, "n_images": n, "seed": seed, "fmt": fmt,
-              "image_size": image_size, "generator": _generator_fingerprint(seed, split, image_size)}
+              "image_size": image_size,
+              "generator": _generator_fingerprint(seed, split, image_size, texture_scale)}
+    if texture_scale is not None:
+        params["texture_scale"] = texture_scale
     if _marker_ok(final, params):
         logger.debug("reusing synthetic %s split at %s", split, final)
         return final
@@ -165,7 +178,7 @@ def materialize_synthetic(
     try:
         logger.info("materialising %d synthetic %s images (seed %d, %d px) as %s in %s", n, split, seed, image_size,
                     fmt, final)
-        rows = _scenes(seed, split, n, image_size, workers)
+        rows = _scenes(seed, split, n, image_size, workers, texture_scale)
         if fmt == "hf":
             shutil.rmtree(tmp)  # save_to_disk wants to create the folder itself
             _write_hf(tmp, rows)
@@ -198,10 +211,11 @@ def synthetic_dataset(
     root: str | Path | None = None,
     image_size: int = 96,
     workers: int | None = None,
+    texture_scale: float | None = None,
 ) -> SegDataset:
     """The reader (HFDataset or FolderDataset) of a materialised synthetic split (materialised if needed)."""
     split = normalise_split(split)
-    path = materialize_synthetic(root, split, n_images, seed, fmt, image_size, workers)
+    path = materialize_synthetic(root, split, n_images, seed, fmt, image_size, workers, texture_scale)
     if fmt == "hf":
         from .hf import HFDataset
 
@@ -224,9 +238,10 @@ class SyntheticBenchmark(Benchmark):
         root: str | Path | None = None,
         image_size: int = 96,
         workers: int | None = None,
+        texture_scale: float | None = None,
     ) -> None:
         split = normalise_split(split)
-        dataset = synthetic_dataset(split, n_images, seed, fmt, root, image_size, workers)
+        dataset = synthetic_dataset(split, n_images, seed, fmt, root, image_size, workers, texture_scale)
         super().__init__("synthetic", dataset, split, fold, [fold_classes(f) for f in range(NUM_FOLDS)])
         self.seed = seed
         self.fmt = fmt

@@ -10,6 +10,7 @@ from typing import Literal
 
 INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
 Mode = Literal["auto", "training-free", "learned"]
+Inference = Literal["auto", "resize", "slide", "multiscale"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,22 @@ class SegmenterConfig:
     variant: str | None = None  # last-block variant for text-aligned features; None: the model's default
     templates: str | None = None  # template set (prompts/templates/<name>.txt) or a file; None: the model's default
     input_size: int | None = None  # encoder long side in pixels; None: the model's native size
+    inference: Inference = "auto"  # resize: the whole image to the encoder's input; slide: encoder-size windows
+    # with overlap, features stitched into one grid; multiscale: logits averaged over `scales`; auto: slide when the
+    # long side is at least `auto_slide_factor` windows, else resize
+    window: int | None = None  # slide: window side in pixels; None: the encoder's input size
+    stride: int | None = None  # slide: window stride in pixels; None: 2/3 of the window (rounded to the patch)
+    slide_short_side: int | None = None  # slide: resize the short side to this first (SCLIP: 336); None: native
+    auto_slide_factor: float = 2.0  # auto: slide when the long side >= this many windows
+    scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # multiscale: input sizes x these
+    refine: Literal["none", "pamr"] = "none"  # mask refinement on the image at its original size: pamr propagates
+    # probabilities along similar colours (PAMR); measured in docs/results.md ("Inference strategies")
+    refine_iterations: int = 10  # pamr: propagation steps
+    refine_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])  # pamr: neighbourhood rings
+    refine_max_side: int = 512  # pamr: larger images are refined at this long side and the result upsampled
+    adapt_validate: bool = True  # test-time adaptation (adapt_steps > 0) only when leave-one-out validation on the
+    # supports says it helps, with the step count it picks (1 support per class: declined); False: always adapt
+    adapt_lr: float = 1e-4  # test-time adaptation learning rate (Adam)
     autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
     feature_cache_items: int = 256  # in-memory feature cache size
     feature_cache_dir: str | None = None  # optional on-disk feature cache

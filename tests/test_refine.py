@@ -1,0 +1,57 @@
+"""PAMR: refined probabilities stay probabilities and move toward the image's edges."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vlfss.modeling.refine import neighbours, pamr
+from vlfss.segmenter import Segmenter, SegmenterConfig
+
+
+def _edge_case():
+    """A two-colour image split at column 10 and a foreground probability that ramps softly across columns 5..15."""
+    img = torch.zeros(1, 3, 12, 20)
+    img[..., 10:] = 1.0
+    ramp = torch.clamp((torch.arange(20.0) - 5) / 10, 0, 1).expand(12, 20)
+    probs = torch.stack([1 - ramp, ramp]).unsqueeze(0)
+    return img, probs
+
+
+def test_pamr_keeps_probabilities_and_sharpens_toward_the_colour_edge():
+    img, probs = _edge_case()
+    out = pamr(img, probs, iterations=10, dilations=[1, 2])
+    assert torch.allclose(out.sum(1), torch.ones(1, 12, 20), atol=1e-5)
+    left, right = out[0, 1, :, 6:10].mean(), out[0, 1, :, 10:14].mean()
+    before_left, before_right = probs[0, 1, :, 6:10].mean(), probs[0, 1, :, 10:14].mean()
+    assert right - left > before_right - before_left  # the step across the edge grew
+    assert left < before_left and right > before_right
+
+
+def test_neighbours_at_a_dilation_are_shifted_copies():
+    x = torch.arange(25.0).view(1, 1, 5, 5)
+    n = neighbours(x, [1])  # B x C x 8 x H x W
+    assert n.shape == (1, 1, 8, 5, 5)
+    assert n[0, 0, 4, 2, 2] == x[0, 0, 2, 3]  # offset (0, +1): the right neighbour
+
+
+def test_refine_pamr_in_the_segmenter_keeps_the_output_size(tiny_backbone):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+    mask = np.zeros((50, 70), np.uint8)
+    mask[10:30, 20:50] = 1
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", refine="pamr", refine_iterations=3))
+    out = seg.segment(img, supports=[(img, mask)])
+    assert out.labels.shape == (50, 70)
+    assert torch.allclose(out.probs.sum(0), torch.ones(50, 70), atol=1e-4)
+
+
+def test_large_images_are_refined_at_a_capped_size(tiny_backbone):
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (40, 700, 3), dtype=np.uint8)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", refine="pamr", refine_max_side=128,
+                                                   refine_iterations=2, inference="resize"))
+    logits = torch.randn(2, 40, 700)
+    out = seg._refine(img, logits)
+    assert out.shape == (2, 40, 700)
+    assert torch.allclose(out.exp().sum(0), torch.ones(40, 700), atol=1e-4)
