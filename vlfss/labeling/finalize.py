@@ -16,7 +16,7 @@ from ..errors import VlfssError
 from .config import LabelConfig
 from .precision import encoder_precision
 from .sources import ImageSource, Item, decode
-from .state import RecordReader, Ref
+from .state import RecordReader, Ref, sweep_temporaries
 from .suggest import candidates, pooled_feature, select_diverse, write_suggestions
 from .writers import hf_row, write_coco, write_hf_dataset, write_manifest
 
@@ -39,6 +39,7 @@ def _done(source: ImageSource, refs: dict[str, Ref], reader: RecordReader) -> It
 def finalize(out: Path, source: ImageSource, seg: Any, request: Any, cfg: LabelConfig, precision: str,
              refs: dict[str, Ref]) -> None:
     """Write the published files of a complete run (each atomically)."""
+    sweep_temporaries(out, per_image=True, top=False)  # every image is recorded: nobody writes those any more
     reader = RecordReader()
     try:
         write_manifest(out / "manifest.jsonl", reader.iterate([it.path for it in source.items], refs, status=None))

@@ -32,7 +32,7 @@ from .finalize import complete, finalize
 from .loop import Loop, chunks
 from .precision import PrecisionChoice, measure_speedup, resolve_precision
 from .sources import ImageSource, resolve_sources
-from .state import STATE_DIR, Journal, claim_output, journal_path, read_refs, recorded_run
+from .state import STATE_DIR, Journal, claim_output, journal_path, read_refs, recorded_run, sweep_temporaries
 from .writers import MAX_CLASSES, ImageWriter, OutputOptions
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,8 @@ def run_label(source: ImageSource, out: str | Path, seg: Any, inputs: dict[str, 
     if ctx.rank == 0:  # under torchrun one process checks and claims the folder, the others follow it
         choice = _choose_precision(out, seg, request, cfg)
         claim_output(out, run_options(seg, request, inputs, choice.name, cfg), cfg.overwrite)
+        if world == ctx.world:  # no other share can be writing now: clear what a killed run left half-written
+            sweep_temporaries(out)
     barrier(ctx)
     if ctx.rank != 0:
         choice = PrecisionChoice(recorded_run(out)["precision"], "the choice of rank 0")

@@ -85,6 +85,23 @@ def claim_output(out: Path, options: dict[str, Any], overwrite: bool) -> None:
         atomic_write_text(out / RUN_FILE, json.dumps({"format": FORMAT, "options": options}, indent=2) + "\n")
 
 
+def sweep_temporaries(out: Path, per_image: bool = True, top: bool = True) -> int:
+    """Delete the temporary files of writes a killed process left behind (``.<name>.<random>.tmp``); returns the
+    count. Call it only when no other process can be writing there (see ``run_label`` and ``finalize``)."""
+    found: list[Path] = []
+    if per_image:
+        for d in ("labels", "overlays", "confidence"):
+            if (out / d).is_dir():
+                found.extend((out / d).rglob(".*.tmp"))
+    if top:
+        found.extend(out.glob(".*.tmp"))
+        for p in out.glob(".hf_dataset.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
 # ------------------------------------------------------------------------------------------ journals
 def _repair_tail(path: Path) -> None:
     """Cut a torn last line (a process killed mid-write) so appends start on a line of their own."""
