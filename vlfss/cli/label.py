@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--batch-size", type=int, default=_D.batch_size, help=f"images per batch (default {_D.batch_size})")
     s.add_argument("--workers", type=int, default=_D.workers,
                    help=f"image decoding processes (default {_D.workers}; 0: in the main process)")
-    s.add_argument("--writers", type=int, default=_D.writers, help=f"file-writing threads (default {_D.writers})")
+    s.add_argument("--writers", type=int, default=_D.writers,
+                   help=f"threads scoring and writing images (default {_D.writers})")
     s.add_argument("--precision", default=_D.precision, choices=["auto", "fp32", "bf16"],
                    help="encoder arithmetic; auto: bf16 where the hardware has bf16 units and it measured faster")
     s.add_argument("--overlay", action="store_true", help="also write overlays/<name>.png")

@@ -22,7 +22,7 @@ class LabelConfig:
 
     batch_size: int = 8  # query images encoded together; a batch is also the unit processes share out
     workers: int = 2  # processes decoding images ahead of the model (0: decode in the main process)
-    writers: int = 2  # threads writing each image's files while the next batch is computed
+    writers: int = 2  # threads scoring each image and writing its files while the next batch is encoded
     precision: Precision = "auto"  # encoder arithmetic: auto = bf16 where it measured faster on bf16 units, else fp32
     overlay: bool = False  # also write overlays/<name>.png (the image with class colours and boundaries)
     confidence: bool = False  # also write confidence/<name>.png (max class probability as a heat map)

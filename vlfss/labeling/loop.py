@@ -1,5 +1,9 @@
-"""The batched loop of one process: decode ahead in worker processes, encode a batch, score each image, write
-its files in threads, journal it.
+"""The batched loop of one process: decode ahead in worker processes, encode a batch in the main thread, then
+score each image (``Segmenter.logits``) and write its files in a pool of threads, and journal it.
+
+Scoring runs in the threads because it is many small operations per image (the learned head's per-pair
+similarity maps and decoder convolutions at 4x the patch grid) that keep a core busy poorly on their own; in
+threads beside the batched encoder they ran the tiny model's learned mode about 2x faster (docs/label.md).
 
 Batches are fixed chunks of the run's sorted image list (``chunks``), and a process computes whole chunks, so
 every image is encoded in the same batch whatever the number of processes and however often the run was
@@ -20,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError, VlfssError
+from ..modeling.types import Encoded
 from .precision import encoder_precision
 from .sources import ImageSource, Item, content_hash, decode
 from .state import Journal
@@ -100,7 +105,7 @@ class Loop:
     journal: Journal
     precision: str  # "fp32" or "bf16"
     workers: int = 2
-    writers: int = 2
+    writers: int = 2  # threads scoring and writing images
     progress: Callable[[int], None] | None = None  # called with the number of images finished
 
     def run(self, my_chunks: list[list[int]], done: dict[int, str]) -> LoopStats:
@@ -134,7 +139,7 @@ class Loop:
         if self.progress:
             self.progress(1)
 
-    def _encode(self, loaded: list[Loaded], stats: LoopStats) -> list[tuple[Loaded, object]]:
+    def _encode(self, loaded: list[Loaded], stats: LoopStats) -> list[tuple[Loaded, Encoded]]:
         """Features of a batch; where the batch fails, image by image, recording the ones that fail."""
         seg, variant = self.seg, self.request.variant
         with torch.no_grad(), encoder_precision(seg, self.precision):
@@ -169,10 +174,11 @@ class Loop:
                 if self.progress:
                     self.progress(1)
                 continue
-            fg = self.seg.logits(enc, self.request)
-            pending.append(pool.submit(self._write, self.source.items[x.index], x.digest, x.image, fg))
+            pending.append(pool.submit(self._score_and_write, self.source.items[x.index], x.digest, x.image, enc))
 
-    def _write(self, item: Item, digest: str, image: np.ndarray, fg: torch.Tensor) -> None:
+    def _score_and_write(self, item: Item, digest: str, image: np.ndarray, enc: Encoded) -> None:
+        """In a pool thread: the image's per-class log-odds, its files, then its journal line."""
+        fg = self.seg.logits(enc, self.request)
         self.journal.append(self.writer.write(item, digest, image, fg))
 
     def _finish(self, fut: Future, stats: LoopStats) -> None:
