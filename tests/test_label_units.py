@@ -182,3 +182,8 @@ def test_journal_survives_a_torn_last_line(tmp_path):
     j.close()
     assert set(read_refs(tmp_path)) == {"a", "b", "c"}
     assert all(line.startswith("{") for line in path.read_text().splitlines())
+
+
+def test_hf_hub_name_offline_is_one_clear_error():
+    with pytest.raises(DataError, match=r"offline\? save it elsewhere with Dataset.save_to_disk"):
+        resolve_sources(["hf:someone/not-a-dataset:train"])
