@@ -11,10 +11,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "segment", "Segmenter", "SegmenterConfig", "SegmentationOutput", "build_segmenter", "build_model",
-    "build_backbone", "list_models", "evaluate", "fit", "tune_prompts",
+    "build_backbone", "list_models", "evaluate", "fit", "tune_prompts", "label",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .labeling import label
     from .modeling.backbones import build_backbone, list_models
     from .modeling.types import SegmentationOutput
     from .segmenter import Segmenter, SegmenterConfig, build_segmenter, segment
@@ -23,7 +24,7 @@ _LAZY = {
     "segment": "segmenter", "Segmenter": "segmenter", "SegmenterConfig": "segmenter",
     "SegmentationOutput": "modeling.types", "build_segmenter": "segmenter", "build_backbone": "modeling.backbones",
     "list_models": "modeling.backbones", "evaluate": "evaluation.harness", "fit": "engine.train",
-    "tune_prompts": "engine.prompt_tuning",
+    "tune_prompts": "engine.prompt_tuning", "label": "labeling",
 }
 
 
