@@ -125,7 +125,8 @@ def test_segment_over_http_equals_the_library(app_server, k, what):
     assert got.any()  # a non-empty segmentation
     table = res[3]["data"]
     assert [row[1] for row in table] == (texts or ["class1"])
-    overlay, annotations = res[0]["image"], res[0]["annotations"]
+    shown = res[0].get("value", res[0])  # the overlay comes as an update (it carries the legend's colours)
+    overlay, annotations = shown["image"], shown["annotations"]
     assert os.path.isfile(overlay) and [a["label"] for a in annotations] == (texts or ["class1"])
 
 

@@ -44,6 +44,19 @@ class SegmenterRegistry:
     def names(self) -> list[str]:
         return list(self.configs)
 
+    def warm(self, name: str) -> threading.Thread:
+        """Build ``name``'s segmenter in a background thread (a build error is raised again by ``get``)."""
+
+        def build() -> None:
+            try:
+                self.get(name)
+            except Exception as e:  # noqa: BLE001 - the first request reports it with its message
+                log.warning("could not build %s in advance: %s", name, e)
+
+        thread = threading.Thread(target=build, name=f"vlfss-build-{name}", daemon=True)
+        thread.start()
+        return thread
+
     def get(self, name: str) -> Segmenter:
         """The shared segmenter for ``name`` (built on first use; a concurrent first use waits for it)."""
         if name not in self.configs:

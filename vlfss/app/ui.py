@@ -68,13 +68,15 @@ def _gallery_paths(value: Any) -> list[str]:
 
 def result_views(res: SegmentResult) -> tuple:
     """The page's outputs for a result: overlay + legend, confidence, entropy, table, all overlays, files, note."""
+    gr = _gr()
     out, image = res.outputs[0], res.images[0]
     names = res.class_names
     annotations = [(out.masks[i].numpy().astype(np.float32), n) for i, n in enumerate(names)]
+    annotated = gr.AnnotatedImage((image, annotations), color_map={n: _hex(i + 1) for i, n in enumerate(names)})
     overlays = [(overlay(img, o.labels.numpy()), name) for name, img, o in zip(res.names, res.images, res.outputs)]
     note = (f"{len(names)} class(es) on {len(res.images)} image(s) in {1000 * res.seconds:.0f} ms "
             f"({res.model}, {res.mode} mode). Colours: the label PNG's palette.")
-    return ((image, annotations), heatmap(out.confidence.numpy()), heatmap(out.entropy.numpy()), res.table(),
+    return (annotated, heatmap(out.confidence.numpy()), heatmap(out.entropy.numpy()), res.table(),
             overlays, [str(p) for p in res.files], note)
 
 
@@ -98,12 +100,14 @@ def build_ui(handlers: AppHandlers, examples: list[AppExample], title: str = "vl
         with gr.Row():
             with gr.Column(scale=1):
                 queries = gr.Gallery(label="Query images (one or more)", type="filepath", interactive=True,
-                                     columns=3, height=240, elem_id="queries")
+                                     columns=4, height=220, object_fit="contain", allow_preview=False,
+                                     fit_columns=False, elem_id="queries")
                 with gr.Row():
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
                     mode = gr.Radio(list(MODES), value="auto", label="Mode", elem_id="mode")
-                prompt_file = gr.File(label="Learned prompt file (optional)", file_types=[".safetensors"],
-                                      elem_id="prompt-file")
+                with gr.Accordion("Learned prompt file (optional)", open=False):
+                    prompt_file = gr.File(label="Prompt file from `vlfss tune-prompts` or 'Learn a prompt'",
+                                          file_types=[".safetensors"], elem_id="prompt-file")
             with gr.Column(scale=1):
                 tabs = _class_tabs(gr, handlers, model, prompt_file)
         segment = gr.Button("Segment", variant="primary", elem_id="segment")
@@ -164,8 +168,9 @@ def _tab(gr: Any, i: int, negative: bool) -> dict:
         label="Example: upload an image, paint " + ("what is NOT a class" if negative else "the object"),
         type="numpy", image_mode="RGBA", format="png", height=320, elem_id=f"editor{i + 1}",
         brush=gr.Brush(colors=["#ff2828"], color_mode="fixed"), sources=["upload", "clipboard"])
-    t["mask"] = gr.File(label="...or upload its mask (PNG, 0/1 or 0/255)", file_types=["image"],
-                        elem_id=f"mask{i + 1}")
+    with gr.Accordion("...or upload its mask instead of painting", open=False):
+        t["mask"] = gr.File(label="Mask PNG (0/1 or 0/255, the image's size)", file_types=["image"],
+                            elem_id=f"mask{i + 1}")
     t["saved"] = gr.State([])
     with gr.Row():
         t["add"] = gr.Button("Add example (paint another)", size="sm")
@@ -204,7 +209,8 @@ def _outputs(gr: Any) -> list:
     table = gr.Dataframe(headers=["image", "class", "area %", "area px", "mean confidence"], label="Classes",
                          elem_id="table")
     with gr.Row():
-        gallery = gr.Gallery(label="All images", columns=4, height=200, elem_id="all-overlays")
+        gallery = gr.Gallery(label="All images", columns=4, height=200, object_fit="contain", fit_columns=False,
+                             elem_id="all-overlays")
         files = gr.File(label="Downloads: label PNGs (pixel = class), COCO JSON (RLE)", file_count="multiple",
                         elem_id="downloads")
     note = gr.Markdown(elem_id="note")
@@ -254,5 +260,6 @@ def create_app(configs: dict, limits: Any = None, workdir: str | None = None, ex
     from .state import SegmenterRegistry
 
     handlers = AppHandlers(SegmenterRegistry(configs), limits, workdir)
+    handlers.registry.warm(next(iter(configs)))  # the first model builds while the page loads
     shown = build_examples(handlers.workdir / "examples") if examples else []
     return build_ui(handlers, shown), handlers
