@@ -87,12 +87,15 @@ class AppHandlers:
 
     def __init__(self, registry: SegmenterRegistry, limits: Limits | None = None, workdir: str | Path | None = None,
                  sessions: SessionStore | None = None, keep_results: int = 256) -> None:
+        import atexit
         import tempfile
 
         self.registry = registry
         self.limits = limits or Limits()
         self.sessions = sessions or SessionStore()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vlfss-app-"))
+        if workdir is None:  # our own temporary folder: removed when the process ends
+            atexit.register(shutil.rmtree, self.workdir, True)
         self.keep_results = keep_results  # result folders kept on disk (the oldest are removed)
         self._results: list[Path] = []
         self._lock = threading.Lock()
