@@ -34,6 +34,8 @@ USAGE = {
     "PromptTuneConfig": "`vlfss tune-prompts` flags (`--n-ctx`, `--steps`, `--lr`, `--init`, `--anchor-weight`, "
                         "`--no-residual`, `--seed`), or `vlfss.tune_prompts(..., cfg=...)` in Python.",
     "PretrainConfig": "`vlfss pretrain-clip --config FILE [key=value ...]` (`configs/synthetic/tiny_clip*.yaml`).",
+    "SyntheticConfig": "Python: `generate_scene(seed, index, SyntheticConfig(...))`; the synthetic benchmark uses the "
+                       "defaults but for `image_size` (`--bench-opt image_size=N`).",
 }
 ROOT_ORDER = list(USAGE)
 _PRAGMAS = ("noqa", "type:", "pragma")
@@ -57,16 +59,16 @@ class ConfigClass:
     fields: list[Field] = field(default_factory=list)
 
 
-def _comments(source: str) -> tuple[dict[int, str], set[int]]:
-    """Comment text by line number, and the lines that hold nothing but a comment."""
-    text, alone = {}, set()
+def _comments(source: str) -> tuple[dict[int, str], dict[int, int]]:
+    """Comment text by line number, and the lines that hold nothing but a comment (with its column)."""
+    text, alone = {}, {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             body = tok.string.lstrip("#").strip()
             if not body.startswith(_PRAGMAS):
                 text[tok.start[0]] = body
                 if not tok.line[: tok.start[1]].strip():
-                    alone.add(tok.start[0])
+                    alone[tok.start[0]] = tok.start[1]
     return text, alone
 
 
@@ -80,22 +82,23 @@ def _is_dataclass(node: ast.ClassDef) -> bool:
     return False
 
 
-def _field_doc(stmt: ast.AnnAssign, next_line: int, comments: dict[int, str], alone: set[int],
+def _field_doc(stmt: ast.AnnAssign, next_line: int, comments: dict[int, str], alone: dict[int, int],
                used: set[int]) -> str:
-    """Trailing comment + the comment-only lines that continue it; else the comment lines just above."""
+    """Trailing comment + the comment-only lines that continue it (indented as the field, before the next
+    statement); else the comment lines just above."""
     trailing = [n for n in range(stmt.lineno, stmt.end_lineno + 1) if n in comments and n not in alone]
     parts = []
     if trailing:
         parts = [comments[n] for n in trailing]
         n = stmt.end_lineno + 1
-        while n < next_line and n in alone:
+        while n < next_line and alone.get(n, -1) >= stmt.col_offset:
             parts.append(comments[n])
             used.add(n)
             n += 1
     else:
         n = stmt.lineno - 1
         above = []
-        while n in alone and n not in used:
+        while alone.get(n, -1) >= stmt.col_offset and n not in used:
             above.append(comments[n])
             n -= 1
         parts = above[::-1]
@@ -133,7 +136,7 @@ def _aliases(tree: ast.Module, source: str) -> dict[str, str]:
     return out
 
 
-def _classes_in(path: Path) -> list[tuple[ast.ClassDef, str, dict[int, str], set[int], dict[str, str]]]:
+def _classes_in(path: Path) -> list[tuple[ast.ClassDef, str, dict[int, str], dict[int, int], dict[str, str]]]:
     source = path.read_text("utf-8")
     tree = ast.parse(source)
     comments, alone = _comments(source)
@@ -155,8 +158,9 @@ def find_configs(root: Path = REPO) -> list[ConfigClass]:
         cls = ConfigClass(node.name, rel, node.lineno, (ast.get_docstring(node) or "").strip())
         stmts = [s for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
         used: set[int] = set()
-        for i, s in enumerate(stmts):
-            next_line = stmts[i + 1].lineno if i + 1 < len(stmts) else node.end_lineno + 1
+        for s in stmts:
+            later = [b.lineno for b in node.body if b.lineno > s.end_lineno]  # the next statement of the class
+            next_line = min(later) if later else sys.maxsize
             default, sub = _default(s.value, source, names)
             ann = ast.get_source_segment(source, s.annotation) or ""
             if sub is None and ann in names:
@@ -220,6 +224,12 @@ def _cell(text: str) -> str:
     return text.replace("``", "`").replace("|", "\\|").replace("\n", " ")
 
 
+def _prose(text: str) -> str:
+    """A comment as markdown text: ``<i>`` outside code spans would be read as HTML, so it is escaped."""
+    parts = text.replace("``", "`").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
+
+
 def render(root: Path = REPO) -> str:
     """The whole docs/configuration.md."""
     configs = _order(find_configs(root))
@@ -245,9 +255,9 @@ def render(root: Path = REPO) -> str:
     for c in configs:
         first = c.doc.splitlines()[0] if c.doc else ""
         where = USAGE.get(c.name) or "; ".join(paths[c.name]) or "Python only"
-        lines.append(f"| [`{c.name}`](#{c.name.lower()}) | {_cell(first)} | {_cell(where)} |")
+        lines.append(f"| [`{c.name}`](#{c.name.lower()}) | {_cell(_prose(first))} | {_cell(where)} |")
     for c in configs:
-        summary = " ".join(c.doc.split()).replace("``", "`")
+        summary = _prose(" ".join(c.doc.split()))
         lines += ["", f"## {c.name}", "", f"[`{c.path}`](../{c.path}). {summary}", ""]
         if paths[c.name]:
             lines += ["Nested as " + ", ".join(paths[c.name]) + ".", ""]
@@ -255,7 +265,7 @@ def render(root: Path = REPO) -> str:
         for f in c.fields:
             ann = f"[`{f.annotation}`](#{f.config_type.lower()})" if f.config_type and f.annotation == f.config_type \
                 else f"`{f.annotation}`"
-            lines.append(f"| `{f.name}` | {_cell(ann)} | {_cell(f.default)} | {_cell(f.doc)} |")
+            lines.append(f"| `{f.name}` | {_cell(ann)} | {_cell(f.default)} | {_cell(_prose(f.doc))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -72,7 +72,7 @@ def test_generator_reads_fields_defaults_and_comments(tmp_path):
 
             # the flag below (a blank line ends a continuation)
             flag: bool = False
-            names: list[str] = field(default_factory=lambda: ["x", "y"])  # a | b
+            names: list[str] = field(default_factory=lambda: ["x", "y"])  # a | <b>
 
 
         @dataclass
@@ -82,6 +82,9 @@ def test_generator_reads_fields_defaults_and_comments(tmp_path):
             inner: InnerConfig = field(default_factory=InnerConfig)
             kind: Kind = "a"  # which kind
             path: str | None = None  # noqa: E501
+            last: int = 0  # the last field
+            # continues after it
+        # a module comment, not the field's
 
 
         @dataclass
@@ -104,9 +107,10 @@ def test_generator_reads_fields_defaults_and_comments(tmp_path):
     assert outer["inner"].config_type == "InnerConfig" and outer["inner"].doc == "The inner part."
     assert outer["kind"].annotation == 'Literal["a", "b"]' and outer["kind"].doc == "which kind"
     assert outer["path"].doc == ""  # pragmas are not documentation
+    assert outer["last"].doc == "the last field continues after it"
     text = gen.render(tmp_path)
     assert "Nested as OuterConfig: `inner.`." in text
-    assert "| `names` | `list[str]` | `[\"x\", \"y\"]` | a \\| b |" in text  # a pipe in a cell is escaped
+    assert '| `names` | `list[str]` | `["x", "y"]` | a \\| &lt;b&gt; |' in text  # pipes and tags are escaped
     assert text.index("## OuterConfig") < text.index("## InnerConfig")  # the top-level config comes first
 
 
