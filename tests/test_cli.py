@@ -164,5 +164,11 @@ def test_demo_runs_offline_and_writes_what_it_promises(tmp_path, capsys):
     for key, r in summary["results"].items():
         assert r["iou"] > 2 * all_fg, (key, r, all_fg)
         assert key in stdout
+    panel = np.asarray(Image.open(out / "support.png"))  # every panel has the support's (scaled) size
+    picture = np.asarray(Image.open(out / "side_by_side.png").convert("RGB"))
+    band = picture.shape[0] - panel.shape[0]  # the titles' band above the six panels
+    assert band > 0 and picture.shape[1] == 6 * panel.shape[1] + 5 * 4
+    ink = picture[:band].min(axis=2) < 128
+    assert all(ink[:, i * (panel.shape[1] + 4): (i + 1) * panel.shape[1] + i * 4].any() for i in range(6))
     code, _, err = run(["demo", "--out", str(out / "summary.json")], capsys)  # a file where a folder must go
     assert code == 2 and "summary.json" in err

@@ -11,6 +11,8 @@ from .io_utils import atomic_save_image, atomic_write_text
 from .segmenter import build_segmenter
 from .viz import heatmap, overlay, side_by_side
 
+PANEL_TITLES = ("query", "ground truth", "text", "one-shot", "text+one-shot", "confidence")  # side_by_side.png
+
 
 def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
     union = np.logical_or(pred, gt).sum()
@@ -69,10 +71,10 @@ def run_demo(out: Path, seed: int = 0, model: str = "vlfss-tiny", pretrained: st
     atomic_save_image(Image.fromarray(big(conf)), out / "confidence_text+one-shot.png")
     panels.append(big(conf))
     atomic_save_image(Image.fromarray(big(s.image)), out / "support.png")
-    atomic_save_image(Image.fromarray(side_by_side(panels)), out / "side_by_side.png")
+    atomic_save_image(Image.fromarray(side_by_side(panels, titles=list(PANEL_TITLES))), out / "side_by_side.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     print(f"vlfss demo: class '{name}' ({summary['mode']} mode, {seg.backbone.model_id})")
-    print("  panels: query | ground truth | text | one-shot | text+one-shot | confidence")
+    print("  panels: " + " | ".join(PANEL_TITLES))
     for key, r in summary["results"].items():
         print(f"  {key:14s} IoU {r['iou']:.3f}  predicted area {100 * r['area_frac']:.1f}%  "
               f"mean confidence {r['mean_confidence']:.3f}")

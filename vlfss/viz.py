@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 
 def palette(n: int = 256) -> np.ndarray:
@@ -19,10 +20,8 @@ def palette(n: int = 256) -> np.ndarray:
     return pal
 
 
-def label_png(labels: np.ndarray):
+def label_png(labels: np.ndarray) -> Image.Image:
     """H x W label map -> palette ('P' mode) PIL image whose pixel values are the labels."""
-    from PIL import Image
-
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
     img.putpalette(palette().flatten().tolist())
     return img
@@ -49,8 +48,12 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return col.astype(np.uint8)
 
 
-def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
-    """Concatenate H x W x 3 panels horizontally (heights padded to the tallest)."""
+def side_by_side(panels: list[np.ndarray], gap: int = 4, titles: list[str] | None = None,
+                 title_size: int = 18) -> np.ndarray:
+    """Concatenate H x W x 3 panels horizontally (heights padded to the tallest); ``titles`` adds a white band
+    above them with each panel's title centred over it (PIL's default font, so no matplotlib is needed)."""
+    if titles is not None and len(titles) != len(panels):
+        raise ValueError(f"{len(titles)} titles for {len(panels)} panels")
     h = max(p.shape[0] for p in panels)
     cols = []
     for i, p in enumerate(panels):
@@ -59,4 +62,20 @@ def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
         cols.append(pad)
         if i < len(panels) - 1:
             cols.append(np.full((h, gap, 3), 255, np.uint8))
-    return np.concatenate(cols, axis=1)
+    row = np.concatenate(cols, axis=1)
+    if titles is None:
+        return row
+    return np.concatenate([_title_band([p.shape[1] for p in panels], gap, titles, title_size), row], axis=0)
+
+
+def _title_band(widths: list[int], gap: int, titles: list[str], size: int) -> np.ndarray:
+    """A white band as wide as the panels and their gaps, each title in black centred over its panel."""
+    font = ImageFont.load_default(size=size)
+    band = Image.new("RGB", (sum(widths) + gap * (len(widths) - 1), size + size // 2), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    x = 0
+    for w, title in zip(widths, titles):
+        left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
+        draw.text((x + (w - right - left) // 2, (band.height - bottom - top) // 2), title, fill=(0, 0, 0), font=font)
+        x += w + gap
+    return np.asarray(band)
