@@ -14,11 +14,12 @@ from vlfss.errors import DataError, InputError
 
 
 def test_names():
-    assert list_benchmarks() == sorted(["pascal5i", "coco20i", "fss1000", "synthetic", "folder", "hf"])
+    assert list_benchmarks() == sorted(["pascal5i", "coco20i", "fss1000", "synthetic", "synthetic-large", "folder",
+                                        "hf"])
 
 
 def test_unknown_name_lists_known_ones():
-    with pytest.raises(DataError, match="known benchmarks: coco20i, folder, fss1000, hf, pascal5i, synthetic"):
+    with pytest.raises(DataError, match="known benchmarks: coco20i, folder, fss1000, hf, pascal5i, synthetic, synthet"):
         build_benchmark("ade20k", "/x")
 
 
@@ -27,7 +28,7 @@ def test_unknown_option():
         build_benchmark("coco20i", "/x", colour=1)
 
 
-@pytest.mark.parametrize("name", [n for n in list_benchmarks() if n != "synthetic"])
+@pytest.mark.parametrize("name", [n for n in list_benchmarks() if not n.startswith("synthetic")])  # they generate
 def test_missing_root_says_what_was_expected(name, tmp_path):
     with pytest.raises(DataError, match="expected|does not exist") as e:
         build_benchmark(name, tmp_path / "nowhere", "test", 0)
@@ -62,3 +63,13 @@ def test_folder_and_hf_benchmarks(tmp_path):
     )
     b = build_benchmark("hf", hf, "test", 3, class_names=[f"c{k}" for k in range(8)], num_folds=4)
     assert b.novel_classes() == [6, 7] and b.dataset.images_of_class(6) == [6]
+
+
+def test_synthetic_large_is_the_same_world_at_native_texture_size(tmp_path):
+    from vlfss.data import build_benchmark
+
+    large = build_benchmark("synthetic-large", tmp_path, "test", 0, n_images=4)
+    small = build_benchmark("synthetic", tmp_path, "test", 0, n_images=4)
+    assert large.dataset.load_image(0).shape[:2] == (288, 288)
+    assert large.dataset.num_classes == small.dataset.num_classes
+    assert large.novel_classes(0) == small.novel_classes(0)  # same folds
