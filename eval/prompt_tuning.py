@@ -1,6 +1,6 @@
 """Does prompt tuning beat the hand-written templates? Measured per class on the synthetic benchmark.
 
-For each class: learn a prompt (``vlfss.prompt_tuning.learn_prompt``) from ``--shots`` labelled train-split
+For each class: learn a prompt (``vlfss.engine.prompt_tuning.learn_prompt``) from ``--shots`` labelled train-split
 images of it, then segment ``--heldout`` test-split images that contain it, text only, once with the
 template ensemble and once with the learned prompt, and score the class IoU (summed intersection over
 summed union, as the field's mIoU). Prints a table; ``--out`` also writes it as JSON.
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlfss.config import load_config  # noqa: E402
 from vlfss.data.episodes import relabel_query  # noqa: E402
 from vlfss.data.synthetic_store import synthetic_dataset  # noqa: E402
-from vlfss.engine.prompt_tuning import PromptTuneConfig, learn_prompt  # noqa: E402
+from vlfss.engine.config import PromptTuneConfig  # noqa: E402
+from vlfss.engine.prompt_tuning import learn_prompt  # noqa: E402
 from vlfss.evaluation.metrics import FSSMeter  # noqa: E402
 from vlfss.segmenter import Segmenter, SegmenterConfig  # noqa: E402
 
@@ -97,7 +98,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="vlfss-tiny")
+    ap.add_argument("--model", default=SegmenterConfig.model)
     ap.add_argument("--pretrained", default=None)
     ap.add_argument("--templates", default=None, help="the hand-written template set to beat (default: the model's)")
     ap.add_argument("--data-root", default=None, help="synthetic cache root (default: the vlfss cache)")
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", nargs="*", default=None, help="class names (default: all 20)")
     ap.add_argument("--shots", type=int, default=4, help="labelled images per class for tuning")
     ap.add_argument("--heldout", type=int, default=40, help="held-out images per class for scoring")
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--n-ctx", type=int, default=4)
-    ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
+    tune = PromptTuneConfig()  # the tuning defaults live there
+    ap.add_argument("--steps", type=int, default=tune.steps)
+    ap.add_argument("--lr", type=float, default=tune.lr)
+    ap.add_argument("--n-ctx", type=int, default=tune.n_ctx)
+    ap.add_argument("--anchor-weight", type=float, default=tune.anchor_weight,
                     help="pull towards the templates' embedding (0: plain CoOp)")
     ap.add_argument("--no-residual", action="store_true", help="plain CoOp context (no residual over the templates)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=tune.seed, help="seeds the tuning and the choice of labelled images")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     rows = run(args)

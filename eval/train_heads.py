@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from vlfss.config import load_config  # noqa: E402
-from vlfss.engine.train import TrainConfig, fit  # noqa: E402
+from vlfss.engine.config import TrainConfig  # noqa: E402
+from vlfss.engine.train import fit  # noqa: E402
 
 TARGETS = ("0", "1", "2", "3", "all")
 

@@ -11,18 +11,11 @@ import torch
 from safetensors.torch import load_file
 
 from vlfss.config import load_config
-from vlfss.engine.train import (
-    KINDS,
-    TrainConfig,
-    ViewBank,
-    _build_data,
-    episode_loss,
-    fit,
-    load_planned_episode,
-    plan_episode,
-    prepare_episode,
-    validate,
-)
+from vlfss.engine.config import KINDS, TrainConfig
+from vlfss.engine.objective import TrainModule, episode_loss, fomaml_backward
+from vlfss.engine.train import build_data, fit
+from vlfss.engine.validate import fallback_kinds, read_json, validate
+from vlfss.engine.views import ViewBank, load_planned_episode, plan_episode, prepare_episode
 from vlfss.errors import ConfigError, InputError
 from vlfss.modeling.backbones import TINY_WEIGHTS
 
@@ -82,7 +75,7 @@ def test_plan_is_a_function_of_seed_step_slot_and_mixes_every_kind():
 
 def test_views_are_deterministic_and_supports_keep_their_object(make_cfg):
     cfg = make_cfg("augment.views=2", "augment.prob=1.0", "augment.cutmix=0.5", "augment.mixup=0.3")
-    train, classes, samplers, _ = _build_data(cfg)
+    train, classes, samplers, _ = build_data(cfg)
     pool = sorted({i for c in classes for i in train.dataset.images_of_class(c)})
     bank = ViewBank(train.dataset, pool, cfg.augment, cfg.seed)
     i = pool[0]
@@ -115,7 +108,7 @@ def test_short_run_lowers_the_loss_on_fixed_base_class_episodes(make_cfg, tiny_b
 
     cfg = make_cfg("steps=80", "lr=0.01", "log_every=10", "checkpoint_every=1000", "episodes.text_only=0",
                    "episodes.text_and_shots=0", "episodes.multi_way=0", "augment.views=0", "batch_episodes=4")
-    train, classes, _, _ = _build_data(cfg)
+    train, classes, _, _ = build_data(cfg)
     probe = EpisodeSampler(train.dataset, classes, 1, 1, seed=123, num_episodes=20)
     seg = Segmenter(tiny_backbone, cfg.segmenter)
 
@@ -162,7 +155,7 @@ def test_short_run_on_the_tiny_clip_improves_novel_fold_miou(tmp_path):
         "lr=0.001",
         "keep_best=false", "fallback_to_training_free=false",  # the last head as trained: else it could not fail
         f"out_dir={tmp_path / 'run'}", "progress=false", "checkpoint_every=1000"])
-    _, _, _, val = _build_data(cfg)
+    _, _, _, val = build_data(cfg)
     backbone = build_backbone("vlfss-tiny")
     seg = Segmenter(backbone, cfg.segmenter)
     torch.manual_seed(cfg.seed)
@@ -185,7 +178,7 @@ def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_back
     path = fit(cfg)
     out = tmp_path / "run"
     summary = json.loads((out / "summary.json").read_text())
-    train, classes, _, _ = _build_data(cfg)
+    train, classes, _, _ = build_data(cfg)
     pool = {i for c in classes for i in train.dataset.images_of_class(c)}
     assert summary["precomputed_images"] == 2 * len(pool)
     assert summary["train_loop_image_encodes"] == 0
@@ -204,13 +197,12 @@ def test_mixed_modes_nway_augmentation_prompt_and_validation(make_cfg, tiny_back
 
 
 def test_fomaml_inner_loop_changes_only_the_head_copy(make_cfg, tiny_backbone):
-    from vlfss.engine.train import TrainModule, fomaml_backward
     from vlfss.modeling.head_file import new_head
     from vlfss.modeling.prompts import PromptLearner
     from vlfss.segmenter import Segmenter
 
     cfg = make_cfg("episodes.text_only=0", "episodes.shots_only=0", "episodes.max_shots=2", "augment.views=0")
-    train, classes, samplers, _ = _build_data(cfg)
+    train, classes, samplers, _ = build_data(cfg)
     seg = Segmenter(tiny_backbone, cfg.segmenter)
     bank = ViewBank(train.dataset, [], cfg.augment, cfg.seed)
     episodes = []
@@ -254,7 +246,7 @@ def test_fomaml_fit_trains_head_and_prompt_only_when_asked(make_cfg, tmp_path, t
 
     fit(cfg2)
     w2 = _weights(tmp_path / "run2" / "ckpt-00000002.safetensors")
-    train, _, _, _ = _build_data(cfg2)
+    train, _, _, _ = build_data(cfg2)
     init_ctx = PromptLearner(tiny_backbone, train.dataset.text_names, 2).ctx.detach()  # "a photo": no randomness
     assert not torch.allclose(w2["prompt.ctx"], init_ctx)
 
@@ -299,8 +291,6 @@ def test_keep_best_exports_the_best_validated_head_and_survives_resume(make_cfg,
 
 
 def test_fallback_kinds_keep_the_head_only_where_it_beat_training_free():
-    from vlfss.engine.train import fallback_kinds
-
     trained = {"text": {"miou": 0.5}, "shots": {"miou": 0.40}, "text+shots": {"miou": 0.45}}
     free = {"text": {"miou": 0.3}, "shots": {"miou": 0.45}, "text+shots": {"miou": 0.45}}
     assert fallback_kinds(trained, free) == ["text"]  # a tie is no win
@@ -315,8 +305,6 @@ def test_fallback_kinds_keep_the_head_only_where_it_beat_training_free():
 def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp_path):
     """fallback_to_training_free: the kept step maximises the mean of max(head, training-free) per kind, and the
     exported head records the kinds it beat step 0 on; the others get the training-free log-odds at use."""
-    from vlfss.engine.train import fallback_kinds
-
     cfg = make_cfg("steps=6", "epoch_steps=2", "val.episodes=4", "lr=0.05", "keep_best=true", "log_every=1",
                    "fallback_to_training_free=true", "val.more_shots=[2]", out=tmp_path / "fb")
     path = fit(cfg)
@@ -335,12 +323,10 @@ def test_fallback_run_exports_a_head_that_answers_only_what_it_won(make_cfg, tmp
 
 
 def test_a_damaged_step0_validation_file_is_named(tmp_path):
-    from vlfss.engine.train import _read_json
-
     (tmp_path / "val_step0.json").write_text("{not json")
     with pytest.raises(InputError, match="val_step0.json is damaged"):
-        _read_json(tmp_path / "val_step0.json")
-    assert _read_json(tmp_path / "missing.json") is None
+        read_json(tmp_path / "val_step0.json")
+    assert read_json(tmp_path / "missing.json") is None
 
 
 def test_fallback_needs_keep_best(make_cfg, tmp_path):
@@ -458,22 +444,3 @@ def test_cli_train_runs_and_reports(tiny_clip_name, tiny_clip_weights, synth_roo
     assert (tmp_path / "o" / "head.safetensors").is_file()
     assert main(["train", "--config", str(cfg), *args]) == 2  # checkpoint present: asks for --resume
     assert main(["train", "--config", str(cfg), "--resume", *args]) == 0  # already done: rewrites outputs
-
-
-def test_shipped_configs_load():
-    root = Path(__file__).parent.parent / "configs"
-    files = sorted(root.glob("base.yaml")) + sorted(root.glob("pascal5i/*.yaml")) + sorted(
-        root.glob("coco20i/*.yaml")) + [p for p in sorted(root.glob("synthetic/*.yaml"))
-                                          if not p.stem.startswith("tiny_clip")]
-    assert len(files) >= 14
-    from vlfss.engine.pretrain import PretrainConfig
-
-    for f in sorted(root.glob("synthetic/tiny_clip*.yaml")):  # the CLIP pretraining stages
-        assert isinstance(load_config(PretrainConfig, f), PretrainConfig)
-    for f in files:
-        cfg = load_config(TrainConfig, f)
-        if f.stem.startswith("fold"):
-            assert cfg.data.fold == int(f.stem[-1])
-    pas = load_config(TrainConfig, root / "pascal5i" / "fold2.yaml")
-    assert pas.data.benchmark == "pascal5i" and pas.segmenter.model == "ViT-B-16"
-    assert "image_size" not in pas.data.options

@@ -52,7 +52,8 @@ def test_two_gloo_processes_end_with_identical_weights(local_model, synth_root, 
     # Sharding keeps the global batch: one process on the same config takes the same optimiser path
     # (up to float summation order).
     from vlfss.config import load_config
-    from vlfss.engine.train import TrainConfig, fit
+    from vlfss.engine.config import TrainConfig
+    from vlfss.engine.train import fit
 
     single = load_config(TrainConfig, None, overrides(local_model, None, synth_root, tmp_path / "one", *extra))
     one = load_file(str(fit(single)))

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     raw = getattr(args, "raw_argv", False)
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # key=value overrides after an option (`train a=1 --resume b=2`): argparse leaves them
+        extra = []
     if extra and not raw:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)

@@ -1,18 +1,37 @@
-"""`vlfss train`: episodic meta-training of the fusion head."""
+"""`vlfss train`: episodic meta-training of the fusion head (a thin layer over ``vlfss.engine.train.fit``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    # the library module still parses its own arguments: everything after the command word goes to it
-    p = sub.add_parser("train", help="episodic meta-training of the fusion head", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=run, raw_argv=True)
+    p = sub.add_parser("train", help="episodic meta-training of the fusion head",
+                       description="Episodic meta-training of the fusion head. Run under "
+                       "`torchrun --nproc_per_node=N -m vlfss.cli train ...` for DDP.")
+    p.add_argument("--config", default=None, help="YAML config (see configs/); keys of vlfss.engine.config.TrainConfig")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in out_dir")
+    p.add_argument("--overwrite", action="store_true", help="discard checkpoints already in out_dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=200 data.fold=1")
+    p.set_defaults(func=run)
 
 
-def run(argv: list[str]) -> int:
-    from ..engine.train import cli_train
+def run(args: argparse.Namespace) -> int:
+    # the library loads here, when the command runs, so that `vlfss --help` stays fast
+    from ..config import load_config
+    from ..engine.config import TrainConfig
+    from ..engine.train import fit
+    from ..engine.validate import format_scores
 
-    return cli_train(argv)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    path = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    summary = Path(cfg.out_dir) / "summary.json"
+    if summary.is_file() and os.environ.get("RANK", "0") == "0":
+        s = json.loads(summary.read_text())
+        val = f"; novel-class validation: {format_scores(s['val'])}" if s.get("val") else ""
+        loss = f", loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}" if s.get("first_loss") is not None else ""
+        print(f"trained {s['steps']} steps (from step {s['started_at_step']}){loss}{val}; head: {path}")
+    return 0

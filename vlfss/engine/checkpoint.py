@@ -1,8 +1,9 @@
-"""Resumable training checkpoints: safetensors weights + JSON metadata, a side file with optimiser and RNG state.
+"""Resumable checkpoints of meta-training and tiny-CLIP pretraining: safetensors weights + JSON metadata, and a
+side file with optimiser and RNG state.
 
 Layout in ``out_dir``::
 
-    ckpt-00000400.safetensors   trainable weights; header "vlfss" = JSON {format, backbone, variant, step, config}
+    ckpt-00000400.safetensors   trainable weights; header "vlfss" = JSON {format, step, backbone, config, ...}
     ckpt-00000400.state.pt      {"step", "optimizer", "torch_rng", "cuda_rng"}: tensors and plain containers only,
                                 read with ``torch.load(weights_only=True)`` (never unsafe pickle)
     last.json                   {"step", "weights", "state"}: the pointer, written last
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor
 
 from ..errors import ConfigError, InputError
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 CKPT_FORMAT = "vlfss-train-checkpoint/1"
 POINTER = "last.json"
 
-# Config keys that may change between a run and its resumption: they do not change the weights.
+# Meta-training config keys that may change between a run and its resumption: they do not change the weights.
 RESUME_FREE_KEYS = frozenset({
     "out_dir", "progress", "tensorboard", "checkpoint_every", "keep_checkpoints", "threads", "export_path",
     "log_every", "save_rank_weights", "segmenter.device", "segmenter.feature_cache_items",
@@ -112,13 +114,21 @@ def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, Tensor], 
 
 
 def has_checkpoint(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a checkpoint pointer (a run to resume or to overwrite)."""
     return (Path(out_dir) / POINTER).is_file()
+
+
+def clear_checkpoints(out_dir: str | Path) -> None:
+    """Delete the pointer and every checkpoint of ``out_dir`` (a run that starts over must not leave later steps
+    behind: pruning keeps the highest steps, which would then be the old run's)."""
+    out = Path(out_dir)
+    (out / POINTER).unlink(missing_ok=True)
+    for p in list(out.glob("ckpt-*.safetensors")) + list(out.glob("ckpt-*.state.pt")):
+        p.unlink(missing_ok=True)
 
 
 def load_checkpoint(out_dir: str | Path) -> Checkpoint | None:
     """The checkpoint ``last.json`` points to, or None when there is none; clear errors when it is damaged."""
-    from safetensors import safe_open
-
     out = Path(out_dir)
     pointer = out / POINTER
     if not pointer.is_file():
@@ -143,12 +153,14 @@ def load_checkpoint(out_dir: str | Path) -> Checkpoint | None:
     return Checkpoint(int(meta["step"]), tensors, meta, state, weights)
 
 
-def check_compatible(ckpt: Checkpoint, backbone_id: str, config: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint of another model or config, showing every difference."""
+def check_compatible(ckpt: Checkpoint, backbone_id: str, config: dict[str, Any],
+                     ignore: frozenset[str] = RESUME_FREE_KEYS) -> None:
+    """Refuse to resume from a checkpoint of another model or config (``ignore``: keys that may change), showing
+    every difference."""
     diffs = []
     if ckpt.meta.get("backbone") != backbone_id:
         diffs.append(f"backbone: {ckpt.meta.get('backbone')!r} -> {backbone_id!r}")
-    diffs += config_diff(ckpt.meta.get("config", {}), config)
+    diffs += config_diff(ckpt.meta.get("config", {}), config, ignore)
     if diffs:
         raise ConfigError(f"cannot resume from {ckpt.path} (step {ckpt.step}): it was written with a different "
                           f"model/config: {'; '.join(diffs)}; use the same config or another out_dir")
@@ -163,6 +175,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the generator states ``rng_state`` saved."""
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and torch.cuda.is_available():

@@ -10,8 +10,9 @@ one randomly worded prompt per class. The loss is a sigmoid image-text loss (Sig
   the batch, positive where the caption names exactly the image's classes (UniCL-style: no false
   negatives from other images that share the classes).
 
-Why not plain CLIP's InfoNCE over captions: ../shared/notes/stand-in-clip.md measured that it learns
-colour or nothing on this machine in the time available.
+Why not plain CLIP's InfoNCE over captions: measured on this world, it learns colour or nothing in the time
+available. Checkpoints use ``vlfss.engine.checkpoint``'s format (atomic, resumable, loaded without pickle);
+``export_weights`` writes the last one as the fp16 safetensors file that ships in the package.
 """
 
 from __future__ import annotations
@@ -19,53 +20,27 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from ..config import to_dict
 from ..data.synthetic import CLASS_NAMES, NUM_CLASSES, SyntheticConfig, class_prompt, generate_scene
+from ..errors import ConfigError, InputError
 from ..io_utils import atomic_save_safetensors, atomic_write_text
+from ..modeling.backbones import register_open_clip_configs
+from ..modeling.dense import interpolate_pos_embed
+from . import checkpoint as ck
+from .config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class PretrainConfig:
-    """Tiny-CLIP pretraining on the synthetic world."""
-
-    model: str = "vlfss-tiny-vit"  # open_clip config name (registered from vlfss/assets)
-    out_dir: str = "runs/tiny_clip"  # checkpoints, log and final weights
-    seed: int = 0  # seeds the model init and the scene stream
-    steps: int = 3000  # optimiser steps
-    batch_size: int = 48  # images per step
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.05  # AdamW weight decay (not on norms, biases, embeddings' scale)
-    warmup: int = 150  # linear warm-up steps, then cosine decay to 5% of lr
-    lse_temperature: float = 1.0  # smooth-max sharpness over patches of the token-wise logits
-    w_global: float = 0.5  # weight of the global sigmoid losses
-    w_uniformity: float = 0.1  # text-only uniformity loss on the class prompts: breaks the early symmetry
-    w_colour_ssl: float = 0.0  # dense colour-invariance loss between two colour remaps of each image (SLIP-style)
-    ssl_temperature: float = 0.1  # temperature of that loss
-    checkpoint_every: int = 100  # steps between resumable checkpoints
-    eval_every: int = 250  # steps between zero-shot dense checks on held-out scenes
-    eval_images: int = 96  # held-out scenes for that check
-    low_res_steps: int = 0  # first steps on small scenes (fewer tokens, same texture scale): much cheaper
-    low_res_size: int = 48  # side of those scenes (positional embeddings interpolated to its grid)
-    low_res_batch: int = 96  # batch size during the low-resolution steps
-    init_weights: str | None = None  # start from these model weights (safetensors) when out_dir has no checkpoint
-    init_logit_bias: float | None = -2.5  # reset the sigmoid bias to about the log-odds of a class being present
-    init_logit_scale: float | None = 10.0  # reset the logit scale (not its log) at the start of a run
-    scalar_lr_mult: float = 10.0  # learning-rate multiplier for logit_scale and logit_bias
-    threads: int = 2  # torch intra-op threads
-    workers: int = 1  # scene-generating worker processes
 
 
 class _SceneStream(torch.utils.data.IterableDataset):
@@ -129,8 +104,6 @@ def _make_batch(seed: int, step: int, batch: int, cfg: SyntheticConfig, views: b
 
 def dense_embeddings(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled B x D, patch tokens B x P x D) in the joint space, before normalisation."""
-    from ..modeling.dense import interpolate_pos_embed
-
     vis = model.visual
     grid = (images.shape[-2] // vis.patch_size[0], images.shape[-1] // vis.patch_size[1])
     x = vis.conv1(images).flatten(2).transpose(1, 2)  # B x hw x C
@@ -236,88 +209,107 @@ def _param_groups(model, wd: float, scalar_lr_mult: float = 1.0):
             {"params": scalars, "weight_decay": 0.0, "lr_mult": scalar_lr_mult}]
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
-    """Train; checkpoint every ``checkpoint_every`` steps; resume from ``out_dir/last.pt`` if present."""
-    import open_clip
+# Config keys that may change when a run is continued: more steps, other intervals, threads, where it writes.
+RESUME_FREE_KEYS = frozenset({"out_dir", "steps", "checkpoint_every", "eval_every", "eval_images", "threads",
+                              "workers", "init_weights"})
+FORMAT = "vlfss-tiny-clip-pretrain"  # the "kind" in a pretraining checkpoint's header
 
-    from ..modeling.backbones import register_open_clip_configs
+
+def _new_model(cfg: PretrainConfig):
+    """The open_clip model and tokenizer of ``cfg.model``, randomly initialised from ``cfg.seed``."""
+    import open_clip  # heavy; needed only when pretraining runs
 
     register_open_clip_configs()
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(cfg.model)
-    tokenizer = open_clip.get_tokenizer(cfg.model)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.scalar_lr_mult), lr=cfg.lr,
-                            betas=(0.9, 0.98), eps=1e-6)
-    start = 0
-    ckpt = out / "last.pt"
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt, start)
-    elif cfg.init_weights:
-        from safetensors.torch import load_file
+    return open_clip.create_model(cfg.model), open_clip.get_tokenizer(cfg.model)
 
-        from ..errors import ConfigError
 
+def _start_state(model, opt: torch.optim.Optimizer, cfg: PretrainConfig, resume: bool) -> int:
+    """Resume from ``out_dir``'s last checkpoint (its step), else start at step 0 from ``init_weights`` or the
+    random init; a run's first step resets the logit scale and bias as the config says."""
+    state = ck.load_checkpoint(cfg.out_dir) if resume else None
+    if state is not None:
+        ck.check_compatible(state, cfg.model, to_dict(cfg), RESUME_FREE_KEYS)
+        model.load_state_dict(state.tensors)
+        opt.load_state_dict(state.state["optimizer"])
+        ck.restore_rng(state.state)
+        log.info("resumed from %s at step %d", state.path, state.step)
+        return state.step
+    if cfg.init_weights:
         if not Path(cfg.init_weights).is_file():
             raise ConfigError(f"init_weights {cfg.init_weights} does not exist; pass an existing .safetensors file")
         model.load_state_dict({k: v.float() for k, v in load_file(cfg.init_weights).items()})
         log.info("initialised from %s (fresh optimizer, step 0)", cfg.init_weights)
-    if start == 0:
-        with torch.no_grad():
-            if cfg.init_logit_bias is not None and getattr(model, "logit_bias", None) is not None:
-                model.logit_bias.fill_(cfg.init_logit_bias)
-            if cfg.init_logit_scale is not None:
-                model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    with torch.no_grad():
+        if cfg.init_logit_bias is not None and getattr(model, "logit_bias", None) is not None:
+            model.logit_bias.fill_(cfg.init_logit_bias)
+        if cfg.init_logit_scale is not None:
+            model.logit_scale.fill_(math.log(cfg.init_logit_scale))
+    return 0
+
+
+def _train_step(model, tokenizer, opt: torch.optim.Optimizer, step: int, batch, cfg: PretrainConfig) -> dict:
+    """One optimiser step; the log record of its losses."""
+    images, captions, target, prompts = batch
+    for g in opt.param_groups:
+        g["lr"] = _lr(step, cfg) * g.get("lr_mult", 1.0)
+    class_sets = [tuple(np.nonzero(t.numpy())[0]) for t in target]
+    loss, parts = pretrain_losses(model, images, tokenizer(captions), tokenizer(prompts), target, class_sets, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return {"step": step + 1, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
+            "lr": _lr(step, cfg)}
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
+    """Train; checkpoint every ``checkpoint_every`` steps (``vlfss.engine.checkpoint``'s format); resume from the
+    last checkpoint in ``out_dir`` if there is one (``resume=False`` deletes them and starts over). Returns the
+    exported fp16 weights ``out_dir/<model>.safetensors``."""
+    torch.set_num_threads(cfg.threads)
+    out = ck.check_output_dir(cfg.out_dir)
+    if not resume:
+        ck.clear_checkpoints(out)
+    model, tokenizer = _new_model(cfg)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay, cfg.scalar_lr_mult), lr=cfg.lr,
+                            betas=(0.9, 0.98), eps=1e-6)
+    start = _start_state(model, opt, cfg, resume)
     scfg = SyntheticConfig()
-    stream = _SceneStream(cfg.seed, start, cfg)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers)
-    logf = open(out / "log.jsonl", "a")
+    loader = torch.utils.data.DataLoader(_SceneStream(cfg.seed, start, cfg), batch_size=None, num_workers=cfg.workers)
+    meta = {"kind": FORMAT, "backbone": cfg.model, "config": to_dict(cfg)}
     t0 = time.time()
     model.train()
-    for step, (images, captions, target, prompts) in loader:
-        if step >= cfg.steps:
-            break
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg) * g.get("lr_mult", 1.0)
-        class_sets = [tuple(np.nonzero(t.numpy())[0]) for t in target]
-        loss, parts = pretrain_losses(
-            model, images, tokenizer(captions), tokenizer(prompts), target, class_sets, cfg
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        rec = {"step": step + 1, "loss": round(loss.item(), 4), **{k: round(v, 4) for k, v in parts.items()},
-               "lr": _lr(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            model.eval()
-            rec["zs_dense_miou"] = round(zero_shot_dense_miou(model, tokenizer, cfg.seed, cfg.eval_images, scfg), 4)
-            model.train()
-        if (step + 1) % 10 == 0 or "zs_dense_miou" in rec:
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
-            log.info("%s", rec)
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1}, tmp)
-            os.replace(tmp, ckpt)
-    logf.close()
-    final = export_weights(ckpt, out / f"{cfg.model}.safetensors", cfg)
+    with open(out / "log.jsonl", "a") as logf:
+        for step, batch in loader:
+            if step >= cfg.steps:
+                break
+            rec = {**_train_step(model, tokenizer, opt, step, batch, cfg), "elapsed_s": round(time.time() - t0, 1)}
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                model.eval()
+                rec["zs_dense_miou"] = round(zero_shot_dense_miou(model, tokenizer, cfg.seed, cfg.eval_images, scfg), 4)
+                model.train()
+            if (step + 1) % 10 == 0 or "zs_dense_miou" in rec:
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log.info("%s", rec)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                ck.save_checkpoint(out, step + 1, model.state_dict(), meta,
+                                   {"optimizer": opt.state_dict(), **ck.rng_state()})
+    final = export_weights(out, out / f"{cfg.model}.safetensors")
     atomic_write_text(out / "final.json", json.dumps({"steps": cfg.steps, "seed": cfg.seed,
                                                       "wall_s": round(time.time() - t0, 1)}))
     return final
 
 
-def export_weights(checkpoint: Path, dest: Path, cfg: PretrainConfig) -> Path:
-    """Write the model weights of a resumable checkpoint as float16 safetensors (what ships in the package)."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state["model"].items()}
-    atomic_save_safetensors(tensors, dest, metadata={"model": cfg.model, "seed": str(cfg.seed),
-                                                     "step": str(int(state["step"]))})
-    return dest
+def export_weights(out_dir: str | Path, dest: str | Path) -> Path:
+    """Write the model weights of ``out_dir``'s last checkpoint as float16 safetensors (what ships in the package)."""
+    state = ck.load_checkpoint(out_dir)
+    if state is None or state.meta.get("kind") != FORMAT:
+        raise InputError(f"{out_dir} holds no tiny-CLIP pretraining checkpoint to export; train first "
+                         "(vlfss pretrain-clip --config ...)")
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.tensors.items()}
+    atomic_save_safetensors(tensors, dest, metadata={"model": state.meta["backbone"],
+                                                     "seed": str(state.meta["config"]["seed"]),
+                                                     "step": str(state.step)})
+    return Path(dest)

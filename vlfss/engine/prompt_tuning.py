@@ -5,12 +5,12 @@ each step runs only the text tower on the learned prompt. The loss is the one th
 the training-free text rule of ``Segmenter`` gives per-pixel foreground log-odds
 ``scale * (cos(Z, t) - level)`` (``level``: the model's SigLIP threshold, or the best background-prompt
 cosine), upsampled to the encoder input size; BCE + dice against the masks there. The learned prompt
-file then works wherever a class name does (``vlfss segment --prompt FILE``).
+file then works wherever a class name does (``vlfss segment --prompt FILE``); ``vlfss tune-prompts`` is the
+command line over ``tune_prompts``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,22 +25,10 @@ from ..data.image import ImageLike, load_image, load_mask
 from ..errors import InputError
 from ..modeling import functional as fn
 from ..modeling.prompts import PromptLearner
+from ..segmenter import Segmenter
+from .config import PromptTuneConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptTuneConfig:
-    """How the context vectors are learned."""
-
-    n_ctx: int = 4  # context vectors before the class name
-    steps: int = 100  # Adam steps (each runs the text tower once)
-    lr: float = 0.002  # Adam learning rate
-    init: str | None = "a photo of a"  # words the context starts from (None: random)
-    dice_weight: float = 1.0  # weight of dice next to BCE
-    anchor_weight: float = 1.0  # weight of 1 - cos(learned, hand-written templates' embedding) (KgCoOp-style)
-    residual: bool = True  # learn a correction to the templates' embedding: start exactly at the templates
-    seed: int = 0  # seeds the random part of the initialisation
 
 
 @dataclass
@@ -65,7 +53,7 @@ class _Item:
     mask: Tensor  # H' x W' long {0,1,255} at encoder input size
 
 
-def _items(segmenter, images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> list[_Item]:
+def _items(segmenter: Segmenter, images: Sequence[ImageLike], masks: Sequence[ImageLike]) -> list[_Item]:
     if len(images) == 0:
         raise InputError("prompt tuning needs at least one labelled image (--images and --masks)")
     if len(images) != len(masks):
@@ -87,7 +75,7 @@ def _items(segmenter, images: Sequence[ImageLike], masks: Sequence[ImageLike]) -
     return items
 
 
-def _scale(segmenter) -> float:
+def _scale(segmenter: Segmenter) -> float:
     s = segmenter.cfg.training_free.text_scale
     return float(s if s is not None else segmenter.backbone.logit_scale)
 
@@ -116,7 +104,7 @@ def _iou(items: list[_Item], text: Tensor, scale: float) -> float:
     return inter / union if union else 1.0
 
 
-def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks: Sequence[ImageLike],
+def learn_prompt(segmenter: Segmenter, class_name: str, images: Sequence[ImageLike], masks: Sequence[ImageLike],
                  cfg: PromptTuneConfig | None = None) -> PromptTuneResult:
     """Learn context vectors for ``class_name`` on cached dense features of (images, masks)."""
     cfg = cfg or PromptTuneConfig()
@@ -155,7 +143,8 @@ def learn_prompt(segmenter, class_name: str, images: Sequence[ImageLike], masks:
     return result
 
 
-def save_prompt(res: PromptTuneResult, out: str | Path, segmenter, cfg: PromptTuneConfig, n_images: int) -> Path:
+def save_prompt(res: PromptTuneResult, out: str | Path, segmenter: Segmenter, cfg: PromptTuneConfig,
+                n_images: int) -> Path:
     """Write a learned prompt with how it was trained in its header (atomic)."""
     extra = {"steps": cfg.steps, "lr": cfg.lr, "anchor_weight": cfg.anchor_weight, "images": n_images,
              "templates": segmenter.cfg.templates or segmenter.backbone.defaults.templates,
@@ -166,61 +155,8 @@ def save_prompt(res: PromptTuneResult, out: str | Path, segmenter, cfg: PromptTu
                                         for k, v in extra.items()})
 
 
-def tune_prompts(segmenter, class_name: str, images: Sequence[ImageLike], masks: Sequence[ImageLike],
+def tune_prompts(segmenter: Segmenter, class_name: str, images: Sequence[ImageLike], masks: Sequence[ImageLike],
                  out: str | Path, cfg: PromptTuneConfig | None = None) -> Path:
     """Learn a prompt for ``class_name`` and write it to ``out`` (use it with ``vlfss segment --prompt``)."""
     cfg = cfg or PromptTuneConfig()
     return save_prompt(learn_prompt(segmenter, class_name, images, masks, cfg), out, segmenter, cfg, len(images))
-
-
-def cli_tune_prompts(argv: list[str]) -> int:
-    """``vlfss tune-prompts --class NAME --images A.png ... --masks A_mask.png ... --out FILE``."""
-    from ..config import load_config
-    from ..segmenter import Segmenter, SegmenterConfig
-    from .checkpoint import check_output_dir
-
-    ap = argparse.ArgumentParser(prog="vlfss tune-prompts",
-                                 description="learn context vectors for a new class from labelled images")
-    ap.add_argument("--class", dest="class_name", required=True, help="the class name the prompt is for")
-    ap.add_argument("--images", nargs="+", required=True, help="labelled images of the class")
-    ap.add_argument("--masks", nargs="+", required=True, help="their masks (0/1 or 0/255; 255 may mark ignore)")
-    ap.add_argument("--out", required=True, help="prompt file to write (.safetensors)")
-    ap.add_argument("--model", default="vlfss-tiny", help="backbone name (see `vlfss models`)")
-    ap.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local weights file")
-    ap.add_argument("--variant", default=None, help="dense last-block variant (default: the model's)")
-    ap.add_argument("--templates", default=None, help="template set the tuned prompt is compared with "
-                    "(default: the model's own)")
-    ap.add_argument("--input-size", type=int, default=None, help="encoder long side in pixels")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--n-ctx", type=int, default=4, help="context vectors")
-    ap.add_argument("--steps", type=int, default=100, help="optimisation steps")
-    ap.add_argument("--lr", type=float, default=0.002)
-    ap.add_argument("--init", default="a photo of a", help="words the context starts from ('' for random)")
-    ap.add_argument("--anchor-weight", type=float, default=PromptTuneConfig.anchor_weight,
-                    help="pull towards the hand-written templates' embedding (0: plain CoOp)")
-    ap.add_argument("--no-residual", action="store_true", help="learn the context from the --init words alone "
-                    "(plain CoOp) instead of a correction that starts at the hand-written templates")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing prompt file")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{out} already exists; pass --overwrite or choose another --out")
-    for p in [*args.images, *args.masks]:
-        if not Path(p).is_file():
-            raise InputError(f"{p} does not exist")
-    check_output_dir(out.parent if str(out.parent) else Path("."))
-    overrides = [f"model={args.model}", "mode=training-free", f"device={args.device}"]
-    for key, val in (("templates", args.templates), ("pretrained", args.pretrained), ("variant", args.variant),
-                     ("input_size", args.input_size)):
-        if val is not None:
-            overrides.append(f"{key}={val}")
-    seg = Segmenter.from_config(load_config(SegmenterConfig, None, overrides))
-    cfg = PromptTuneConfig(n_ctx=args.n_ctx, steps=args.steps, lr=args.lr, init=args.init or None, seed=args.seed,
-                           anchor_weight=args.anchor_weight, residual=not args.no_residual)
-    res = learn_prompt(seg, args.class_name, args.images, args.masks, cfg)
-    save_prompt(res, out, seg, cfg, len(args.images))
-    print(f"learned a {cfg.n_ctx}-vector prompt for {args.class_name!r} on {len(args.images)} image(s) in "
-          f"{cfg.steps} steps: training IoU {100 * res.train_iou_templates:.1f} (templates) -> "
-          f"{100 * res.train_iou_tuned:.1f} (tuned); wrote {out}")
-    return 0
