@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
-REPO_PATH = re.compile(r"(?<![\w./-])((?:vlfss|configs|eval|prompts|tests|docs|\.ci)/[\w./{}<>*-]*[\w/}>*])")
+REPO_PATH = re.compile(r"(?<![\w./-])((?:vlfss|configs|eval|prompts|tests|docs|\.ci)/[\w./{}<>*,-]*[\w/}>*])")
 MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:work|root|tmp|home|Users)/")
 
 
