@@ -189,3 +189,29 @@ def test_add_example_keeps_examples_and_checks_them(app):
     assert len(saved) == 2 and np.array_equal(saved[0][1], c.mask)
     with pytest.raises(InputError, match="no example to add"):
         handlers.add_example(ClassForm(c.name, None, None, saved))
+
+
+def test_inference_strategy_is_per_request_and_matches_a_configured_segmenter(app, tmp_path):
+    import dataclasses
+
+    from vlfss.segmenter import Segmenter
+
+    handlers, examples = app
+    ex = examples[0]
+    c = ex.classes[0]
+    big = np.kron(np.asarray(Image.open(ex.queries[0]).convert("RGB")), np.ones((2, 2, 1), np.uint8))  # 192 px
+    path = _write(tmp_path / "big_query.png", big)
+    answers = {}
+    for inference in ("resize", "slide"):
+        res = handlers.segment(SegmentForm([path], [klass(c)], inference=inference), session="strategy")
+        seg = handlers.registry.get("vlfss-tiny")
+        configured = Segmenter(seg.backbone, dataclasses.replace(seg.cfg, inference=inference), seg.head,
+                               seg.head_variant)
+        support = [(np.asarray(Image.open(c.support).convert("RGB")), c.mask)]
+        ref = configured.segment(big, texts=[c.name], supports=support)
+        assert np.array_equal(res.outputs[0].labels.numpy(), ref.labels.numpy())
+        answers[inference] = res.outputs[0].logits.numpy()
+    assert not np.allclose(answers["resize"], answers["slide"])  # the choice reaches the model
+    assert handlers.registry.get("vlfss-tiny").cfg.inference == "auto"  # the shared segmenter is untouched
+    with pytest.raises(InputError, match="inference 'tiles' is not one of auto, resize, slide, multiscale"):
+        handlers.segment(SegmentForm([path], [klass(c)], inference="tiles"))

@@ -25,6 +25,7 @@ from .state import SegmenterRegistry, SessionStore, request_key
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "training-free", "learned")
+INFERENCES = ("auto", "resize", "slide", "multiscale")  # SegmenterConfig.inference: how large images are encoded
 Example = tuple[np.ndarray, np.ndarray]  # (RGB image, {0,1,255} mask) of one support or negative example
 
 
@@ -49,6 +50,7 @@ class SegmentForm:
     model: str = "vlfss-tiny"  # one of the app's models
     mode: str = "auto"  # auto, training-free or learned
     prompt_file: str | None = None  # a learned prompt file (its classes use the learned context)
+    inference: str | None = None  # one of INFERENCES; None: the model's configured strategy
 
 
 @dataclass
@@ -106,16 +108,19 @@ class AppHandlers:
         t0 = time.perf_counter()
         if form.mode not in MODES:
             raise InputError(f"mode {form.mode!r} is not one of {', '.join(MODES)}")
+        if form.inference is not None and form.inference not in INFERENCES:
+            raise InputError(f"inference {form.inference!r} is not one of {', '.join(INFERENCES)}")
         queries = read_queries(form.queries, self.limits)
-        seg = self.registry.get(form.model)
+        seg = self.registry.with_inference(form.model, form.inference)
+        model_key = f"{form.model}|{seg.cfg.inference}"  # the strategy changes how supports are encoded too
         prompt_names: list[str] = []
         digest = None
         if form.prompt_file:
-            seg, prompt_names, digest = self.sessions.prompt_view(session, form.model, seg, form.prompt_file)
+            seg, prompt_names, digest = self.sessions.prompt_view(session, model_key, seg, form.prompt_file)
         texts, supports = self._classes(form, prompt_names)
         negatives = self._negatives(form)
         mode = seg.mode if form.mode == "auto" else form.mode
-        key = request_key(form.model, mode, texts, supports, negatives, digest)
+        key = request_key(model_key, mode, texts, supports, negatives, digest)
         request = self.sessions.prepared(session, key, lambda: seg.prepare(
             texts if any(texts) else None, supports if any(supports) else None, negatives or None, mode))
         outputs = seg.predict([img for _, img in queries], request)

@@ -10,6 +10,7 @@ nothing; and the session's learned prompt files, kept off the shared segmenter.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -38,11 +39,26 @@ class SegmenterRegistry:
         self._build = build
         self._segmenters: dict[str, Segmenter] = {}
         self._locks = {name: threading.Lock() for name in self.configs}
+        self._views: dict[tuple[str, str], Segmenter] = {}  # (model, inference strategy) -> view
         self.builds = 0  # segmenters actually built (for tests: once per model)
 
     @property
     def names(self) -> list[str]:
         return list(self.configs)
+
+    def with_inference(self, name: str, inference: str | None) -> Segmenter:
+        """The shared segmenter of ``name`` with another inference strategy (resize / slide / multiscale / auto):
+        a view sharing its backbone, head and feature cache (the cache keys tell the strategies apart)."""
+        seg = self.get(name)
+        if inference is None or inference == seg.cfg.inference:
+            return seg
+        with self._locks[name]:
+            view = self._views.get((name, inference))
+            if view is None:
+                view = copy.copy(seg)
+                view.cfg = dataclasses.replace(seg.cfg, inference=inference)
+                self._views[(name, inference)] = view
+        return view
 
     def warm(self, name: str) -> threading.Thread:
         """Build ``name``'s segmenter in a background thread (a build error is raised again by ``get``)."""

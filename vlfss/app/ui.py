@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import VlfssError
 from ..viz import heatmap, overlay, palette
 from .examples import AppExample
-from .handlers import MODES, AppHandlers, ClassForm, SegmentForm, SegmentResult
+from .handlers import INFERENCES, MODES, AppHandlers, ClassForm, SegmentForm, SegmentResult
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ def build_ui(handlers: AppHandlers, examples: list[AppExample], title: str = "vl
                 with gr.Row():
                     model = gr.Dropdown(models, value=models[0], label="Model", elem_id="model")
                     mode = gr.Radio(list(MODES), value="auto", label="Mode", elem_id="mode")
+                inference = gr.Radio(list(INFERENCES), value=handlers.registry.configs[models[0]].inference,
+                                     label="Inference (large images: slide windows, or average scales)",
+                                     elem_id="inference")
                 with gr.Accordion("Learned prompt file (optional)", open=False):
                     prompt_file = gr.File(label="Prompt file from `vlfss tune-prompts` or 'Learn a prompt'",
                                           file_types=[".safetensors"], elem_id="prompt-file")
@@ -116,20 +119,20 @@ def build_ui(handlers: AppHandlers, examples: list[AppExample], title: str = "vl
         inputs = [queries, model, mode, prompt_file]
         for t in classes:
             inputs += [t["name"], t["editor"], t["mask"]]
-        inputs += [neg["editor"], neg["mask"], neg["names"]] + [t["saved"] for t in tabs]
+        inputs += [neg["editor"], neg["mask"], neg["names"], inference] + [t["saved"] for t in tabs]
 
         @guarded
         def segment_images(queries, model=None, mode=None, prompt_file=None, class1=None, example1=None, mask1=None,
                            class2=None, example2=None, mask2=None, class3=None, example3=None, mask3=None,
-                           negative_example=None, negative_mask=None, negative_names=None, saved1=None, saved2=None,
-                           saved3=None, saved_negative=None, request: gr.Request = None):
+                           negative_example=None, negative_mask=None, negative_names=None, inference=None,
+                           saved1=None, saved2=None, saved3=None, saved_negative=None, request: gr.Request = None):
             """Segment the query images with the classes (names and/or painted examples) and negatives."""
             forms = [ClassForm(class1, example1, mask1, list(saved1 or [])),
                      ClassForm(class2, example2, mask2, list(saved2 or [])),
                      ClassForm(class3, example3, mask3, list(saved3 or []))]
             negative = ClassForm(None, negative_example, negative_mask, list(saved_negative or []))
             form = SegmentForm(_gallery_paths(queries), forms, negative_names or "", negative, model or models[0],
-                               mode or "auto", prompt_file)
+                               mode or "auto", prompt_file, inference)
             return result_views(handlers.segment(form, _session(request)))
 
         segment.click(segment_images, inputs, outputs, api_name="segment", concurrency_id="segment")
