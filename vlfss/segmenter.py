@@ -147,9 +147,9 @@ class Segmenter(nn.Module):
     def strategy(self, h: int, w: int) -> str:
         """How an h x w image is encoded: "slide" or "resize" (multiscale encodes each scale by resizing)."""
         s = self.cfg.inference
-        if s == "auto":
-            window = self.window_geometry()[0]
-            return "slide" if max(h, w) >= self.cfg.auto_slide_factor * window else "resize"
+        if s == "auto":  # against the size the image would be resized to (input_size when set, else the window)
+            side = self.cfg.input_size or self.window_geometry()[0]
+            return "slide" if max(h, w) >= self.cfg.auto_slide_factor * side else "resize"
         return "slide" if s == "slide" else "resize"
 
     def _plan(self, h: int, w: int, side: int | None) -> tuple[tuple[int, int], str, list[tuple[int, int]] | None]:

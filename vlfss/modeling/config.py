@@ -85,7 +85,7 @@ class SegmenterConfig:
     input_size: int | None = None  # encoder long side in pixels; None: the model's native size
     inference: Inference = "auto"  # resize: the whole image to the encoder's input; slide: encoder-size windows
     # with overlap, features stitched into one grid; multiscale: logits averaged over `scales`; auto: slide when the
-    # long side is at least `auto_slide_factor` windows, else resize
+    # long side is at least `auto_slide_factor` x input_size (or windows when input_size is unset), else resize
     window: int | None = None  # slide: window side in pixels; None: the encoder's input size
     stride: int | None = None  # slide: window stride in pixels; None: 2/3 of the window (rounded to the patch)
     slide_short_side: int | None = None  # slide: resize the short side to this first (SCLIP: 336); None: native

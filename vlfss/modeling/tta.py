@@ -1,7 +1,7 @@
 """Validated test-time adaptation: adapt the head on the supports only when held-out supports say it helps.
 
 Plain adaptation (``adapt.adapt_head``, a fixed number of steps) cost accuracy at one shot, the common case
-(docs/results.md). Here the supports validate it first, as a user with a labelled validation set would:
+(docs/inference.md). Here the supports validate it first, as a user with a labelled validation set would:
 
 * a class with one support cannot validate anything (its only pseudo-episode is itself, mirrored), so a request
   where any class has a single support is answered by the unadapted head;
