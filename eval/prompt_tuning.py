@@ -28,6 +28,7 @@ from vlfss.data.synthetic_store import synthetic_dataset  # noqa: E402
 from vlfss.engine.config import PromptTuneConfig  # noqa: E402
 from vlfss.engine.prompt_tuning import learn_prompt  # noqa: E402
 from vlfss.evaluation.metrics import FSSMeter  # noqa: E402
+from vlfss.io_utils import atomic_write_text  # noqa: E402
 from vlfss.segmenter import Segmenter, SegmenterConfig  # noqa: E402
 
 
@@ -121,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     print(table(rows))
     if args.out:
-        from vlfss.io_utils import atomic_write_text
-
         summary = {"model": args.model, "templates": args.templates or "the model's default", "shots": args.shots,
                    "steps": args.steps, "residual": not args.no_residual,
                    "anchor_weight": args.anchor_weight, "n_ctx": args.n_ctx, "classes": rows,

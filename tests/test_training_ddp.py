@@ -49,12 +49,15 @@ def test_two_gloo_processes_end_with_identical_weights(local_model, synth_root, 
     head = load_file(str(out / "head.safetensors"))
     assert all(torch.equal(head[k], r0["head." + k]) for k in head)
 
-    # Sharding keeps the global batch: one process on the same config takes the same optimiser path
-    # (up to float summation order).
+    # Sharding keeps the global batch: one process on the same config takes the same optimiser path, up to float
+    # summation order. AdamW moves a weight by about lr per step (exactly lr * sign(grad) on the first), so where
+    # that order flips a near-zero gradient the two runs can part by at most about steps * lr; elsewhere they agree
+    # to float precision.
     from vlfss.config import load_config
     from vlfss.engine.config import TrainConfig
     from vlfss.engine.train import fit
 
     single = load_config(TrainConfig, None, overrides(local_model, None, synth_root, tmp_path / "one", *extra))
     one = load_file(str(fit(single)))
-    assert all(torch.allclose(one[k], head[k], atol=2e-3) for k in head)
+    bound = single.steps * single.lr
+    assert all(torch.allclose(one[k], head[k], rtol=0, atol=bound) for k in head)

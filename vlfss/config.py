@@ -30,14 +30,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _convert(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue  # try the union's next type
         raise ConfigError(f"config key '{key}': {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:
@@ -59,6 +58,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
+    return _convert_scalar(value, tp, key)
+
+
+def _convert_scalar(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a bool, int, float or str value (anything else passes as it is)."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -102,6 +106,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _parse_scalar(text: str) -> Any:
+    """An override's value parsed as YAML (``a=`` is the empty string)."""
     return yaml.safe_load(text) if text != "" else ""
 
 
@@ -123,6 +128,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the relative path values of ``data`` (keys ending in _path, _dir, _root, _file) absolute, relative to
+    ``base`` (the folder of the YAML file that sets them), in place; URLs and hub names stay as they are."""
     for k, v in data.items():
         if isinstance(v, dict):
             _resolve_paths(v, base)
@@ -144,6 +151,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``delta``'s values on top, merging nested mappings key by key."""
     out = dict(base)
     for k, v in delta.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
@@ -151,6 +159,7 @@ def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping of YAML file ``path``, its paths resolved, merged over its ``base:`` file's (recursively)."""
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
     try:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import load_config
+from ..engine.config import PretrainConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain-clip", help="train the tiny CLIP on the synthetic world (captions only)")
@@ -17,8 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the library loads here, when the command runs, so that `vlfss --help` stays fast
-    from ..config import load_config
-    from ..engine.config import PretrainConfig
     from ..engine.pretrain import export_weights, pretrain
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)

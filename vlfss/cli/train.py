@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+from ..config import load_config
+from ..engine.config import TrainConfig
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="episodic meta-training of the fusion head",
@@ -21,8 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # the library loads here, when the command runs, so that `vlfss --help` stays fast
-    from ..config import load_config
-    from ..engine.config import TrainConfig
     from ..engine.train import fit
     from ..engine.validate import format_scores
 
