@@ -123,7 +123,8 @@ class Segmenter(nn.Module):
         return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
 
     def _to_input(self, image: np.ndarray, size: tuple[int, int]) -> Tensor:
-        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
+        """The encoder's normalised 3 x H' x W' input for an RGB uint8 image, resized to ``size``."""
+        x = _rgb01(image).unsqueeze(0)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
@@ -132,17 +133,8 @@ class Segmenter(nn.Module):
 
     def window_geometry(self) -> tuple[int, int]:
         """(window, stride) in pixels for slide inference, validated and aligned to the patch size."""
-        p = self.backbone.patch_size
-        window = self.cfg.window or self.backbone.image_size
-        stride = self.cfg.stride or max(p, int(round(window * 2 / 3 / p)) * p)
-        if window <= 0 or stride <= 0:
-            raise InputError(f"window={window} and stride={stride} must be positive; e.g. window=96 stride=64")
-        if stride > window:
-            raise InputError(f"stride={stride} is larger than window={window}: windows would leave gaps; use "
-                             f"stride <= window")
-        if window % p or stride % p:
-            raise InputError(f"window={window} and stride={stride} must be multiples of the patch size {p}")
-        return window, stride
+        return slide.window_geometry(self.cfg.window or self.backbone.image_size, self.cfg.stride,
+                                     self.backbone.patch_size)
 
     def strategy(self, h: int, w: int) -> str:
         """How an h x w image is encoded: "slide" or "resize" (multiscale encodes each scale by resizing)."""
@@ -171,12 +163,13 @@ class Segmenter(nn.Module):
         return [t.float() for t in feats.taps], feats.z.float()
 
     def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]], variant: str) -> tuple[list[Tensor], Tensor]:
-        """One image's windows in one batch, stitched into one feature grid (taps, z) for the whole canvas."""
+        """One image's windows in one batch, stitched into one feature grid for the whole canvas: (taps, z) as a
+        batch of one (1 x C x h x w each)."""
         window, p = self.window_geometry()[0], self.backbone.patch_size
         taps, z = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
         cells = [(y // p, xx // p) for y, xx in boxes]
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        return [slide.stitch(t, cells, grid) for t in taps], slide.stitch(z, cells, grid)
+        return [slide.stitch(t, cells, grid)[None] for t in taps], slide.stitch(z, cells, grid)[None]
 
     def encode(self, images: Sequence[np.ndarray], variant: str | None = None,
                side: int | None = None) -> list[Encoded]:
@@ -201,8 +194,7 @@ class Segmenter(nn.Module):
                 todo.setdefault(size, []).append((i, key, x))
         done = [(items, self._encode_batch(torch.stack([x for _, _, x in items]), variant))
                 for items in todo.values()]
-        done += [([(i, key, x)], (lambda t, z: ([t_[None] for t_ in t], z[None]))(*self._encode_slide(x, b, variant)))
-                 for i, key, x, b in slides]
+        done += [([(i, key, x)], self._encode_slide(x, b, variant)) for i, key, x, b in slides]
         for items, (taps, z) in done:
             self.image_encodes += len(items)
             for j, (i, key, x) in enumerate(items):
@@ -332,8 +324,7 @@ class Segmenter(nn.Module):
 
     def predict(self, images: Sequence[ImageLike], request: Request) -> list[SegmentationOutput]:
         """Segment images (encoded in batches, through the feature cache) with a prepared request."""
-        imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
-                for i, x in enumerate(images)]
+        imgs = _load_images(images)
         names = [s.name for s in request.specs]
         if self.cfg.inference != "multiscale":
             fg = [self.logits(q, request) for q in self.encode(imgs, request.variant)]
@@ -343,26 +334,11 @@ class Segmenter(nn.Module):
                          for r in self.cfg.scales]
             fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
         logits = [fn.nway_logits(f.unsqueeze(0))[0] for f in fg]
-        if self.cfg.refine == "pamr":
-            logits = [self._refine(img, lg) for img, lg in zip(imgs, logits)]
+        if self.cfg.refine == "pamr":  # on the image the logits belong to
+            logits = [refine.refine_logits(_rgb01(img), lg, self.cfg.refine_iterations,
+                                           list(self.cfg.refine_dilations), self.cfg.refine_max_side)
+                      for img, lg in zip(imgs, logits)]
         return [make_output(lg, names) for lg in logits]
-
-    def _refine(self, image: np.ndarray, logits: Tensor) -> Tensor:
-        """PAMR on the image: (N+1) x H x W logits -> log of the refined probabilities. Images with a long side over
-        ``refine_max_side`` are refined at that size and the result upsampled (PAMR's cost and memory grow with
-        pixels x neighbours x iterations)."""
-        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0) / 255.0
-        probs = logits.float().softmax(0).unsqueeze(0)
-        size = tuple(probs.shape[-2:])
-        r = self.cfg.refine_max_side / max(size)
-        if r < 1:
-            small = (max(1, round(size[0] * r)), max(1, round(size[1] * r)))
-            x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
-            probs = F.interpolate(probs, size=small, mode="bilinear", align_corners=False)
-        probs = refine.pamr(x, probs, self.cfg.refine_iterations, list(self.cfg.refine_dilations))
-        if r < 1:
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-        return probs[0].clamp_min(1e-8).log()
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
@@ -375,10 +351,19 @@ class Segmenter(nn.Module):
         head on the support set before predicting (test-time adaptation).
         """
         single = not isinstance(images, (list, tuple))
-        imgs = [load_image(x, f"image {i + 1}" if not isinstance(x, (str, Path)) else str(x))
-                for i, x in enumerate([images] if single else images)]  # bad images fail before any work
+        imgs = _load_images([images] if single else images)  # bad images fail before any work
         outs = self.predict(imgs, self.prepare(texts, supports, negatives, mode, adapt_steps))
         return outs[0] if single else outs
+
+
+def _rgb01(image: np.ndarray) -> Tensor:
+    """H x W x 3 uint8 -> 3 x H x W float in [0, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
+
+
+def _load_images(images: Sequence[ImageLike]) -> list[np.ndarray]:
+    """Decode every image (RGB uint8), named in errors by its path or its position."""
+    return [load_image(x, str(x) if isinstance(x, (str, Path)) else f"image {i + 1}") for i, x in enumerate(images)]
 
 
 def up(fg: Tensor, size: tuple[int, int]) -> Tensor:

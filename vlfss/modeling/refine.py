@@ -48,3 +48,24 @@ def pamr(image: Tensor, probs: Tensor, iterations: int = 10, dilations: list[int
     for _ in range(iterations):
         out = (neighbours(out, dilations) * aff).sum(2)
     return out
+
+
+def refine_logits(image: Tensor, logits: Tensor, iterations: int, dilations: list[int], max_side: int) -> Tensor:
+    """PAMR of one image's (N+1) x H x W logits -> the log of the refined probabilities (N+1) x H x W.
+
+    image: 3 x H x W in [0, 1]. Images with a long side over ``max_side`` are refined at that size and the result
+    upsampled (PAMR's cost and memory grow with pixels x neighbours x iterations).
+    """
+    x = image.float().unsqueeze(0)
+    probs = logits.float().softmax(0).unsqueeze(0)
+    size = tuple(probs.shape[-2:])
+    r = max_side / max(size)
+    if r < 1:
+        small = (max(1, round(size[0] * r)), max(1, round(size[1] * r)))
+        x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
+        probs = F.interpolate(probs, size=small, mode="bilinear", align_corners=False)
+    probs = pamr(x, probs, iterations, dilations)
+    if r < 1:
+        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+    return probs[0].clamp_min(1e-8).log()
+

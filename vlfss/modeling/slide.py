@@ -14,6 +14,22 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
+
+def window_geometry(window: int, stride: int | None, patch: int) -> tuple[int, int]:
+    """(window, stride) in pixels, checked: positive, no gaps, multiples of the patch size. ``stride`` None: about
+    2/3 of the window, rounded to the patch size."""
+    stride = stride or max(patch, int(round(window * 2 / 3 / patch)) * patch)
+    if window <= 0 or stride <= 0:
+        raise InputError(f"window={window} and stride={stride} must be positive; e.g. window=96 stride=64")
+    if stride > window:
+        raise InputError(f"stride={stride} is larger than window={window}: windows would leave gaps; use "
+                         f"stride <= window")
+    if window % patch or stride % patch:
+        raise InputError(f"window={window} and stride={stride} must be multiples of the patch size {patch}")
+    return window, stride
+
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets of windows covering ``length`` (the last window ends exactly at ``length``; one window at 0 when
