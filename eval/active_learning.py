@@ -49,7 +49,7 @@ def fold_segmenters(mode: str, text: bool):
     return segs
 
 
-def predict(seg, request, images, per: str = "region"):
+def predict(seg, request, images):
     """Per image: (foreground mask, uncertainty, pooled feature) with the label run's own functions."""
     from vlfss.labeling.suggest import pooled_feature, uncertainty
     from vlfss.modeling import functional as fn
@@ -58,8 +58,19 @@ def predict(seg, request, images, per: str = "region"):
     out = []
     for enc in seg.encode(images, request.variant):
         o = make_output(fn.nway_logits(seg.logits(enc, request)[None])[0], request.class_names)
-        out.append((o.labels.numpy() == 1, uncertainty(o.probs, o.labels, o.entropy, per=per), pooled_feature(enc)))
+        out.append((o.labels.numpy() == 1, uncertainty(o.probs, o.labels, o.entropy), pooled_feature(enc)))
     return out
+
+
+def typicality(feats: np.ndarray, k: int = 5) -> np.ndarray:
+    """(1 + mean cosine to the k nearest other images) / 2, features centred on the pool's mean (TypiClust-like:
+    at tiny budgets typical examples teach more than uncertain ones)."""
+    f = feats - feats.mean(0, keepdims=True)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    k = max(1, min(k, len(f) - 1))
+    return (1 + np.sort(sim, axis=1)[:, -k:].mean(1)) / 2
 
 
 def iou_sums(preds, gts) -> tuple[int, int]:
@@ -70,7 +81,7 @@ def iou_sums(preds, gts) -> tuple[int, int]:
 
 def run_class(seg, ds, c: int, name: str, args, rng_seed: int) -> dict:
     """Both strategies over all seeds for class ``c``: IoU (pool, held-out) per round."""
-    from vlfss.labeling.suggest import candidates, pooled_feature, select_diverse
+    from vlfss.labeling.suggest import candidates, select_diverse
 
     ids = ds.images_of_class(c)
     order = np.random.default_rng(rng_seed).permutation(len(ids))
@@ -87,7 +98,7 @@ def run_class(seg, ds, c: int, name: str, args, rng_seed: int) -> dict:
         if key not in memo:
             request = seg.prepare(texts, [[(img[i], gt[i].astype(np.uint8)) for i in chosen]])
             rest = [i for i in pool if i not in chosen]
-            preds = predict(seg, request, [img[i] for i in rest + held], args.score)
+            preds = predict(seg, request, [img[i] for i in rest + held])
             p_pool, p_held = preds[:len(rest)], preds[len(rest):]
             memo[key] = (rest, p_pool, {"pool": iou_sums([p[0] for p in p_pool], [gt[i] for i in rest]),
                                         "held_out": iou_sums([p[0] for p in p_held], [gt[i] for i in held])})
@@ -109,11 +120,11 @@ def run_class(seg, ds, c: int, name: str, args, rng_seed: int) -> dict:
                     new = [rest[j] for j in pick_rng.choice(len(rest), PER_ROUND, replace=False)]
                 else:
                     scores = [p[1] for p in p_pool]
+                    if args.typical:
+                        scores = list(np.asarray(scores) * typicality(np.stack([p[2] for p in p_pool])))
                     cand = candidates(scores, PER_ROUND)
-                    anchors = np.stack([pooled_feature(e) for e in seg.encode([img[i] for i in chosen])]) \
-                        if args.anchor else None
                     picks = select_diverse([scores[j] for j in cand], np.stack([p_pool[j][2] for j in cand]),
-                                           PER_ROUND, args.diversity, anchors)
+                                           PER_ROUND, args.diversity)
                     new = [rest[cand[j]] for j in picks]
                 chosen += new
             res[strategy].append(curve)
@@ -158,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="learned", choices=["learned", "training-free"])
     ap.add_argument("--text", action="store_true", help="give the class name too (text + examples)")
     ap.add_argument("--diversity", type=float, default=0.5)
-    ap.add_argument("--score", default="region", choices=["region", "image"],
-                    help="uncertainty per doubtful-region pixel (the label run's) or per image pixel")
-    ap.add_argument("--anchor", action="store_true", help="diversity also from the supports already labelled")
+    ap.add_argument("--typical", action="store_true", help="weight the uncertainty by typicality (experiment)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)

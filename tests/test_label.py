@@ -225,3 +225,19 @@ def test_cli_unwritable_output_fails_before_work(world, tmp_path, capsys):
     blocker.write_text("x")
     code, _, err = cli([world["imgs"], "--text", "x", "--out", blocker / "out"], capsys)
     assert code == 2 and "not writable" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_multiscale_and_refinement_are_labelled_as_segment_does(world, tmp_path):
+    from vlfss.segmenter import build_segmenter
+
+    seg = build_segmenter(feature_cache_items=0, inference="multiscale", refine="pamr")
+    imgs, out = tmp_path / "imgs", tmp_path / "out"
+    imgs.mkdir()
+    for p in sorted(world["imgs"].glob("*.png"))[:3]:
+        shutil.copy(p, imgs / p.name)
+    label(imgs, out, texts=[world["text"]], supports=world["supports"], segmenter=seg, batch_size=3, **FAST)
+    items = resolve_sources([imgs]).items
+    ref = seg.segment([it.path for it in items], texts=[world["text"]], supports=world["supports"])
+    for it, o in zip(items, ref):
+        assert np.array_equal(np.asarray(Image.open(out / "labels" / f"{it.name}.png")), o.labels.numpy())

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError, VlfssError
+from ..modeling import functional as fn
 from ..modeling.types import Encoded
 from .precision import encoder_precision
 from .sources import ImageSource, Item, content_hash, decode
@@ -31,6 +32,26 @@ from .state import Journal
 from .writers import ImageWriter, failed_record
 
 log = logging.getLogger(__name__)
+
+
+def encoder_sides(seg) -> list[int | None]:
+    """The long sides ``Segmenter.predict`` encodes an image at: [None] (its inference strategy's own), or one per
+    scale in multiscale inference."""
+    if seg.cfg.inference != "multiscale":
+        return [None]
+    native = seg.cfg.input_size or seg.backbone.image_size
+    return [round(native * r) for r in seg.cfg.scales]
+
+
+def image_logits(seg, request, encs: Sequence[Encoded], image: np.ndarray) -> torch.Tensor:
+    """(N+1) x H x W logits of one image from its features at each of ``encoder_sides``, exactly as
+    ``Segmenter.predict`` makes them: per-class log-odds (averaged over scales), N-way, then the refinement."""
+    fg = [seg.logits(q, request) for q in encs]
+    fg = torch.stack(fg).mean(0) if seg.cfg.inference == "multiscale" else fg[0]
+    logits = fn.nway_logits(fg.unsqueeze(0))[0]
+    if seg.cfg.refine == "pamr":
+        logits = seg._refine(image, logits)  # the segmenter's own refinement (size cap included)
+    return logits
 
 
 def chunks(n: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -139,18 +160,20 @@ class Loop:
         if self.progress:
             self.progress(1)
 
-    def _encode(self, loaded: list[Loaded], stats: LoopStats) -> list[tuple[Loaded, Encoded]]:
-        """Features of a batch; where the batch fails, image by image, recording the ones that fail."""
-        seg, variant = self.seg, self.request.variant
+    def _encode(self, loaded: list[Loaded], stats: LoopStats) -> list[tuple[Loaded, list[Encoded]]]:
+        """Features of a batch at each encoder side; where the batch fails, image by image, recording the ones that
+        fail."""
+        seg, variant, sides = self.seg, self.request.variant, encoder_sides(self.seg)
         with torch.no_grad(), encoder_precision(seg, self.precision):
             try:
-                return list(zip(loaded, seg.encode([x.image for x in loaded], variant)))
+                per_side = [seg.encode([x.image for x in loaded], variant, side) for side in sides]
+                return [(x, list(encs)) for x, encs in zip(loaded, zip(*per_side))]
             except (VlfssError, RuntimeError, ValueError) as e:
                 log.info("batch failed (%s); encoding its images one by one", e)
             ok = []
             for x in loaded:
                 try:
-                    ok.append((x, seg.encode([x.image], variant)[0]))
+                    ok.append((x, [seg.encode([x.image], variant, side)[0] for side in sides]))
                 except (VlfssError, RuntimeError, ValueError) as e:
                     self._fail(self.source.items[x.index], x.digest, f"{self.source.items[x.index].path}: {e}", stats)
             return ok
@@ -168,18 +191,18 @@ class Loop:
                     self.progress(1)
             else:
                 decoded.append(x)
-        for x, enc in self._encode(decoded, stats) if decoded else []:
+        for x, encs in self._encode(decoded, stats) if decoded else []:
             if done.get(x.index) == x.digest:  # computed only to keep its batch whole
                 stats.skipped += 1
                 if self.progress:
                     self.progress(1)
                 continue
-            pending.append(pool.submit(self._score_and_write, self.source.items[x.index], x.digest, x.image, enc))
+            pending.append(pool.submit(self._score_and_write, self.source.items[x.index], x.digest, x.image, encs))
 
-    def _score_and_write(self, item: Item, digest: str, image: np.ndarray, enc: Encoded) -> None:
-        """In a pool thread: the image's per-class log-odds, its files, then its journal line."""
-        fg = self.seg.logits(enc, self.request)
-        self.journal.append(self.writer.write(item, digest, image, fg))
+    def _score_and_write(self, item: Item, digest: str, image: np.ndarray, encs: list[Encoded]) -> None:
+        """In a pool thread: the image's logits, its files, then its journal line."""
+        logits = image_logits(self.seg, self.request, encs, image)
+        self.journal.append(self.writer.write(item, digest, image, logits))
 
     def _finish(self, fut: Future, stats: LoopStats) -> None:
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.image import load_image
+from ..data.image import decode_rgb
 from ..errors import DataError, InputError
 
 log = logging.getLogger(__name__)
@@ -81,17 +80,8 @@ def content_hash(data: bytes) -> str:
 
 
 def decode(data: bytes, where: str) -> np.ndarray:
-    """Encoded bytes -> RGB H x W x 3 uint8 with the project's one decoder (``data.image.load_image``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except UnidentifiedImageError:
-        raise InputError(f"{where} is not an image file PIL can read (PNG, JPEG, ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{where} is corrupt or truncated ({e})") from None
-    return load_image(img, where)
+    """Encoded bytes -> RGB H x W x 3 uint8 with the project's one decoder (the pixels `segment` sees)."""
+    return decode_rgb(data, where)
 
 
 # ------------------------------------------------------------------------------------------ files

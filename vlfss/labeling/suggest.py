@@ -36,16 +36,13 @@ TILE = 192  # contact-sheet thumbnail side
 
 
 def uncertainty(probs: Tensor, labels: Tensor, entropy: Tensor, band: float = BAND,
-                object_prob: float = OBJECT_PROB, per: str = "region") -> float:
-    """The documented score of one prediction: probs (N+1) x H x W, labels H x W, entropy H x W in [0, 1].
-    ``per="image"``: the region's summed entropy over the image's pixel count instead (an experiment's option)."""
+                object_prob: float = OBJECT_PROB) -> float:
+    """The documented score of one prediction: probs (N+1) x H x W, labels H x W, entropy H x W in [0, 1]."""
     h, w = labels.shape
     r = max(1, round(band * max(h, w)))
     fg = (labels > 0).float()[None, None]
     grown = F.max_pool2d(fg, 2 * r + 1, stride=1, padding=r)[0, 0] > 0
     region = grown | ((1 - probs[0]) >= object_prob)
-    if per == "image":
-        return float(entropy[region].sum()) / entropy.numel()
     return float(entropy[region].mean()) if bool(region.any()) else float(entropy.mean())
 
 
@@ -55,24 +52,17 @@ def pooled_feature(enc: Encoded) -> np.ndarray:
     return z.mean(1).numpy()
 
 
-def select_diverse(scores: Sequence[float], feats: np.ndarray, k: int, diversity: float,
-                   anchors: np.ndarray | None = None) -> list[int]:
-    """Greedy uncertainty-with-diversity choice of ``k`` indices into ``scores`` (see the module docstring).
-    ``anchors``: features of images labelled already (the supports), which count as chosen."""
+def select_diverse(scores: Sequence[float], feats: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Greedy uncertainty-with-diversity choice of ``k`` indices into ``scores`` (see the module docstring)."""
     s = np.asarray(scores, dtype=np.float64)
     n = len(s)
     if n == 0 or k <= 0:
         return []
     f = np.asarray(feats, dtype=np.float64).reshape(n, -1)
-    mean = f.mean(0, keepdims=True)
-    f = f - mean
+    f = f - f.mean(0, keepdims=True)
     f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     rel = s / s.max() if s.max() > 0 else s
     closest = np.zeros(n)  # max(0, cosine) to the nearest image already chosen
-    if anchors is not None and len(anchors):
-        a = np.asarray(anchors, dtype=np.float64).reshape(len(anchors), -1) - mean
-        a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        closest = np.clip(f @ a.T, 0, None).max(1)
     chosen: list[int] = []
     for _ in range(min(k, n)):
         gain = rel - diversity * closest

@@ -24,7 +24,6 @@ from pycocotools import mask as mask_utils  # core dependency: COCO RLE is the i
 from torch import Tensor
 
 from ..io_utils import atomic_save_image
-from ..modeling import functional as fn
 from ..modeling.types import make_output
 from ..viz import heatmap, label_png, overlay
 from .sources import Item
@@ -55,9 +54,9 @@ class ImageWriter:
         self.names = list(class_names)
         self.options = options
 
-    def write(self, item: Item, digest: str, image: np.ndarray, fg_logits: Tensor) -> dict[str, Any]:
-        """``fg_logits``: per-class foreground log-odds N x H x W (``Segmenter.logits``)."""
-        out = make_output(fn.nway_logits(fg_logits.unsqueeze(0))[0], self.names)
+    def write(self, item: Item, digest: str, image: np.ndarray, logits: Tensor) -> dict[str, Any]:
+        """``logits``: (N+1) x H x W, background first (``loop.image_logits``)."""
+        out = make_output(logits, self.names)
         labels = out.labels.numpy().astype(np.uint8)
         from PIL import Image
 
