@@ -38,16 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    raw = getattr(args, "raw_argv", False)
     if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
         args.overrides += extra  # key=value overrides after an option (`train a=1 --resume b=2`): argparse leaves them
         extra = []
-    if extra and not raw:
+    if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
     try:
-        if raw:  # the raw arguments after the command word (argparse's REMAINDER drops a leading --option)
-            return int(args.func(argv[argv.index(args.command) + 1:]) or 0)
         return int(args.func(args) or 0)
     except VlfssError as e:
         print(f"vlfss: error: {e}", file=sys.stderr)
