@@ -34,7 +34,8 @@ from vlfss.evaluation.calibration import (
     reject_masks,
 )
 from vlfss.evaluation.harness import evaluate
-from vlfss.evaluation.provenance import module_digest
+from vlfss.evaluation.options import EvalOptions
+from vlfss.evaluation.provenance import config_hash, module_digest
 from vlfss.evaluation.report import markdown_table, read_jsonl
 from vlfss.evaluation.runner import complete_job
 from vlfss.evaluation.stats import RowStats, patch_grid_oracle, resize_labels, resize_probs
@@ -392,6 +393,22 @@ def test_resume_after_interruption(make_seg, bench, tmp_path):
     other.cfg.training_free.text_weight = 2.0
     with pytest.raises(InputError, match="another configuration"):
         evaluate(other, bench, out_dir=str(out), resume=True, **kw)
+
+
+def test_config_hash_covers_what_decides_the_numbers(tiny_backbone):
+    """Rows resume only into a run that computes the same thing: every setting that changes a prediction changes
+    the hash; where the run happens (device, caches) does not."""
+    def chash(**kw) -> str:
+        cfg = SegmenterConfig(**{"templates": "plain", **kw})
+        return config_hash(Segmenter(tiny_backbone, cfg), "synthetic", "test", EvalOptions())
+
+    base = chash()
+    for kw in ({"inference": "slide"}, {"input_size": 48}, {"refine": "pamr"}, {"autocast_bf16": True},
+               {"templates": "synthetic"}, {"variant": "plain"}, {"scales": [1.0, 2.0]}):
+        assert chash(**kw) != base, kw
+    assert chash(feature_cache_items=7, feature_cache_dir="/tmp/x", device="cpu", cache_dir="/tmp/y") == base
+    assert config_hash(Segmenter(tiny_backbone, SegmenterConfig(templates="plain")), "synthetic", "test",
+                       EvalOptions(resized_labels=True)) != base
 
 
 def test_resized_labels(make_seg, bench):

@@ -45,13 +45,21 @@ def module_digest(module: torch.nn.Module | None) -> str | None:
     return h.hexdigest()[:16]
 
 
+# SegmenterConfig fields left out of the config hash: where and how the run happens, or recorded otherwise (the
+# model id names the weights, variant and templates enter resolved, a learned row carries its head's digest)
+NOT_HASHED = ("model", "pretrained", "cache_dir", "device", "mode", "head_path", "variant", "templates",
+              "feature_cache_items", "feature_cache_dir")
+
+
 def config_hash(segmenter: Any, bench_name: str, split: str, opts: EvalOptions) -> str:
-    """Hash of everything that decides a row's numbers besides its episodes and the head (kept per row)."""
-    cfg = segmenter.cfg
+    """Hash of everything that decides a row's numbers besides its episodes and the head (kept per row): the
+    model, the resolved variants and templates, every other SegmenterConfig field (input size, inference strategy,
+    refinement, bf16, training-free settings, ...) and the scoring options."""
+    cfg = {k: v for k, v in dataclasses.asdict(segmenter.cfg).items() if k not in NOT_HASHED}
     blob = {
         "model": segmenter.backbone.model_id, "variant": segmenter.variant, "head_variant": segmenter.head_variant,
-        "templates": list(getattr(segmenter, "templates", [])), "input_size": cfg.input_size,
-        "training_free": dataclasses.asdict(cfg.training_free), "prompts": sorted(segmenter.prompt_learners),
+        "templates": list(getattr(segmenter, "templates", [])), "segmenter": cfg,
+        "prompts": sorted(segmenter.prompt_learners),
         "benchmark": bench_name, "split": split, "n_way": opts.n_way, "resized_labels": opts.resized_labels,
         "reject": list(opts.reject), "ece_bins": opts.ece_bins, "meta": opts.benchmark_meta,
     }
