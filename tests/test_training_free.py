@@ -108,6 +108,33 @@ def test_negative_examples_are_background_evidence():
     assert torch.allclose(with_neg[right], torch.full((2,), -1 / T))
 
 
+@pytest.mark.parametrize("kind", ["unrelated", "anti-aligned"])
+def test_text_calibrated_on_the_supports_does_not_spoil_the_examples(kind):
+    """Text whose cosine does not follow the support's mask (or follows it backwards) must not change what the
+    examples say: calibrated on the supports, its slope is ~0 (within the fit's standard error, far below the
+    examples' margin of 1 / T) or negative, so the object's cells stay exactly those of examples alone; the plain
+    average with an anti-aligned text loses the whole object."""
+    g = torch.Generator().manual_seed(0)
+    obj = torch.zeros(8, 8, dtype=torch.bool)
+    obj[2:6, 2:6] = True
+    mask = obj.to(torch.uint8).repeat_interleave(4, 0).repeat_interleave(4, 1)  # 32 x 32 pixels
+    e0, e1, e2, _ = torch.eye(4)
+    z = torch.where(obj, e0[:, None, None], e1[:, None, None]) + 0.1 * torch.randn(4, 8, 8, generator=g)
+    z[2] = 0.3 * torch.randn(8, 8, generator=g)  # a direction that varies regardless of the object
+    e = Encoded(taps=[], z=z, rgb=torch.zeros(3, 32, 32), size=(32, 32))
+    text = e2 if kind == "unrelated" else -e0
+    both = ClassSpec(name="thing", text=text, supports=[(e, mask)])
+    examples = ClassSpec(name="thing", text=None, supports=[(e, mask)])
+    out = {}
+    for calibrate in (True, False):
+        cfg = TrainingFreeConfig(metric="cosine", calibrate_text=calibrate)
+        out[calibrate] = training_free_logits(e, [both, examples], [], cfg, 100.0, 0.0) > 0  # 2 x 8 x 8 labels
+    assert torch.equal(out[True][1], obj)  # examples alone are right, so there is something to spoil
+    assert torch.equal(out[True][0], out[True][1])
+    if kind == "anti-aligned":
+        assert not out[False][0][obj].any()
+
+
 def test_text_level_prefers_the_threshold_then_the_siglip_bias():
     assert text_level(0.3, -10.0, 10.0) == 0.3
     assert text_level(None, -10.0, 10.0) == pytest.approx(1.0)  # sigmoid(scale * cos + bias) = 1/2 at cos 1
