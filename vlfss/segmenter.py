@@ -325,7 +325,6 @@ class Segmenter(nn.Module):
     def predict(self, images: Sequence[ImageLike], request: Request) -> list[SegmentationOutput]:
         """Segment images (encoded in batches, through the feature cache) with a prepared request."""
         imgs = _load_images(images)
-        names = [s.name for s in request.specs]
         if self.cfg.inference != "multiscale":
             fg = [self.logits(q, request) for q in self.encode(imgs, request.variant)]
         else:  # per-class log-odds averaged over scales at each image's own size
@@ -333,12 +332,15 @@ class Segmenter(nn.Module):
             per_scale = [[self.logits(q, request) for q in self.encode(imgs, request.variant, round(native * r))]
                          for r in self.cfg.scales]
             fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
-        logits = [fn.nway_logits(f.unsqueeze(0))[0] for f in fg]
-        if self.cfg.refine == "pamr":  # on the image the logits belong to
-            logits = [refine.refine_logits(_rgb01(img), lg, self.cfg.refine_iterations,
-                                           list(self.cfg.refine_dilations), self.cfg.refine_max_side)
-                      for img, lg in zip(imgs, logits)]
-        return [make_output(lg, names) for lg in logits]
+        return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0]), request.class_names)
+                for img, f in zip(imgs, fg)]
+
+    def refine_logits(self, image: np.ndarray, logits: Tensor) -> Tensor:
+        """(N+1) x H x W logits of ``image`` after the configured refinement (PAMR, or none)."""
+        if self.cfg.refine != "pamr":
+            return logits
+        return refine.refine_logits(_rgb01(image), logits, self.cfg.refine_iterations,
+                                    list(self.cfg.refine_dilations), self.cfg.refine_max_side)
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
