@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError, VlfssError
 from ..modeling import functional as fn
+from ..modeling import refine
 from ..modeling.types import Encoded
 from .precision import encoder_precision
 from .sources import ImageSource, Item, content_hash, decode
@@ -49,8 +50,10 @@ def image_logits(seg, request, encs: Sequence[Encoded], image: np.ndarray) -> to
     fg = [seg.logits(q, request) for q in encs]
     fg = torch.stack(fg).mean(0) if seg.cfg.inference == "multiscale" else fg[0]
     logits = fn.nway_logits(fg.unsqueeze(0))[0]
-    if seg.cfg.refine == "pamr":
-        logits = seg._refine(image, logits)  # the segmenter's own refinement (size cap included)
+    if seg.cfg.refine == "pamr":  # on the image the logits belong to, as predict does
+        rgb01 = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
+        logits = refine.refine_logits(rgb01, logits, seg.cfg.refine_iterations, list(seg.cfg.refine_dilations),
+                                      seg.cfg.refine_max_side)
     return logits
 
 
