@@ -52,6 +52,19 @@ def reference(images, tmp_path_factory) -> dict[str, bytes]:
     return tree(out)
 
 
+def _processes_of(out: Path) -> list[int]:
+    """Live processes whose command line names ``out`` (the run and the decoding workers it forked)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and str(out).encode() in (p / "cmdline").read_bytes() and \
+                    (p / "stat").read_text().split(") ")[-1][0] != "Z":
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
 def _lines(path: Path) -> int:
     try:
         return path.read_bytes().count(b"\n")
@@ -71,6 +84,10 @@ def test_sigkill_mid_run_then_resume_is_byte_identical(images, reference, tmp_pa
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 30
+    while _processes_of(out) and time.time() < deadline:  # its decoding workers end with it
+        time.sleep(0.2)
+    assert not _processes_of(out)
     assert _lines(journal) < N and not (out / "manifest.jsonl").exists()  # it really stopped half-way
     resumed = vlfss(*args(images, out))
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -12,7 +12,11 @@ interrupted: the outputs are the same bytes even where a kernel's result depends
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,6 +36,7 @@ from .state import Journal
 from .writers import ImageWriter, failed_record
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies (linux/prctl.h)
 
 
 def encoder_sides(seg) -> list[int | None]:
@@ -101,6 +106,21 @@ def _as_list(batch: list[Loaded]) -> list[Loaded]:
     return batch
 
 
+def _die_with_parent(parent: int, _worker_id: int) -> None:
+    """A decoding worker ends when the labelling process does, even one killed with SIGKILL (Linux): otherwise it
+    waits forever on a queue nobody reads."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl: the worker's own parent check stays the only guard
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 @dataclass
 class LoopStats:
     """Counts of one process's pass."""
@@ -132,7 +152,8 @@ class Loop:
         stats = LoopStats(total=sum(map(len, my_chunks)))
         must = {i for c in my_chunks if any(j not in done for j in c) for i in c}  # chunks computed whole
         loader = DataLoader(_Decode(self.source, done, must), batch_sampler=my_chunks, collate_fn=_as_list,
-                            num_workers=self.workers, prefetch_factor=2 if self.workers else None)
+                            num_workers=self.workers, prefetch_factor=2 if self.workers else None,
+                            worker_init_fn=functools.partial(_die_with_parent, os.getpid()) if self.workers else None)
         pending: deque[Future] = deque()
         t0 = time.perf_counter()
         pool = ThreadPoolExecutor(self.writers, thread_name_prefix="vlfss-label-write")
