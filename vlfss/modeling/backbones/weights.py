@@ -16,7 +16,6 @@ adapters (open_clip, timm, transformers), not of the package.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import urllib.parse
@@ -24,8 +23,6 @@ import urllib.request
 from pathlib import Path
 
 from ...errors import ModelError
-
-log = logging.getLogger(__name__)
 
 RANDOM = "random"  # the explicit request for randomly initialised weights (tests, speed benchmarks)
 PROBE_TIMEOUT_S = 3.0  # how long to wait for a TCP connection to the hub before calling it unreachable
