@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from ..data.perturb import parse_perturbations
 from ..errors import InputError
 from ..evaluation.options import DEFAULT_REJECT, EvalJob, EvalOptions, normalise_modes
 from .common import add_segmenter_args, segmenter_config
@@ -63,6 +64,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reject", nargs="+", type=float, default=list(DEFAULT_REJECT),
                    help="fractions of least confident pixels rejected for the risk-coverage curve")
     p.add_argument("--ece-bins", type=int, default=EvalOptions.ece_bins)
+    p.add_argument("--perturb", nargs="+", default=[], metavar="SPEC",
+                   help="also score every model row with query and supports corrupted: jpeg:Q (1..95), blur:SIGMA "
+                   "(> 0), noise:SIGMA (0..255), scale:F (0.1..4), gray; the table adds the drop from clean")
     p.add_argument("--no-baselines", action="store_true", help="skip the all-foreground and oracle rows")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", default="vlfss_eval", help="output folder")
@@ -105,7 +109,8 @@ def job_from_args(args: argparse.Namespace, command: str) -> EvalJob:
         n_way=args.ways, query_sampling=args.query_sampling, resized_labels=args.resized_labels,
         reject=tuple(args.reject), ece_bins=args.ece_bins, baselines=not args.no_baselines,
         episode_files=args.episodes_file, out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
-        plots=not args.no_plots, progress=not args.quiet, command=command, cache_items=args.cache_items)
+        plots=not args.no_plots, progress=not args.quiet, command=command, cache_items=args.cache_items,
+        perturb=tuple(p.name for p in parse_perturbations(args.perturb)))
     return EvalJob(benchmark=args.benchmark, data_root=args.data_root, split=args.split, folds=_folds(args.fold),
                    shots=args.shots, episodes=args.episodes, seeds=args.seeds, modes=normalise_modes(args.mode),
                    bench_options=bench_options, segmenter=seg, head_template=head_template, options=options)

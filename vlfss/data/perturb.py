@@ -6,13 +6,16 @@ seed, so every row of an evaluation sees the same corrupted episodes. Specs are 
 
 from __future__ import annotations
 
+import dataclasses
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from ..errors import InputError
+from .episodes import Episode
 
 KINDS = {"jpeg": "JPEG quality 1..95", "blur": "Gaussian blur sigma in pixels, > 0", "noise":
          "sensor noise sigma in 0..255 grey levels, > 0", "scale": "resize factor, 0.1..4", "gray": "no value"}
@@ -79,3 +82,29 @@ def apply_label(p: Perturbation, label: np.ndarray) -> np.ndarray:
     h, w = label.shape
     size = (max(1, round(w * p.value)), max(1, round(h * p.value)))
     return np.asarray(Image.fromarray(label).resize(size, Image.NEAREST)).copy()
+
+
+def parse_perturbations(specs: Sequence[str]) -> tuple[Perturbation, ...]:
+    """Each spec parsed (see ``parse_perturbation``); a spec given twice is an error (rows would collide)."""
+    out = tuple(parse_perturbation(s) for s in specs)
+    names = [p.name for p in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"--perturb lists {', '.join(dup)} more than once; give each corruption once")
+    if "clean" in names:
+        raise InputError("--perturb 'clean' is scored anyway; list corruptions only")
+    return out
+
+
+def apply_episode(p: Perturbation, ep: Episode) -> Episode:
+    """The episode with ``p`` applied to the query and every support alike (labels follow ``scale``).
+
+    Noise is seeded by the episode index and the image's place in it, so every row and every run sees the same
+    corrupted pixels."""
+    def img(image: np.ndarray, pos: int) -> np.ndarray:
+        return apply_image(p, image, seed=ep.index * 1009 + pos if ep.index >= 0 else pos)
+
+    return dataclasses.replace(
+        ep, query_image=img(ep.query_image, 0), query_mask=apply_label(p, ep.query_mask),
+        support_images=[img(x, i + 1) for i, x in enumerate(ep.support_images)],
+        support_masks=[apply_label(p, m) for m in ep.support_masks])

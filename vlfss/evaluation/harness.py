@@ -40,11 +40,12 @@ from tqdm import tqdm
 from .. import errors
 from ..data.benchmark import Benchmark
 from ..data.episodes import Episode, load_episode, shard
+from ..data.perturb import Perturbation, apply_episode, parse_perturbations
 from ..engine.distributed import DistContext, all_reduce_sum, broadcast_object, current_context
 from ..errors import InputError, ModelError, VlfssError
 from ..modeling.functional import normalised_entropy
 from .metrics import IGNORE
-from .options import BASELINE, RESULTS_FILE, EvalOptions, check_int_list, normalise_modes
+from .options import BASELINE, CLEAN, RESULTS_FILE, EvalOptions, check_int_list, normalise_modes
 from .plan import Group, RowSpec, episode_lists, plan_groups, previous_rows, row_plan
 from .provenance import config_hash, module_digest, package_versions
 from .report import append_jsonl, write_report
@@ -75,6 +76,7 @@ class _Run:
     chash: str  # config hash
     digests: dict[int, str | None]  # fold -> head weight digest (learned runs)
     ctx: DistContext  # this process's rank and world
+    perturbs: dict[str, Perturbation]  # name -> corruption scored besides the clean images
 
     def head_of(self, fold: int) -> Any:
         return self.heads.get(fold, self.default_head)
@@ -116,8 +118,10 @@ def evaluate(
     new_rows = _score_groups(run, groups)
     cache = _cache_stats(segmenter, cache0, distinct, variants, run.ctx)
     order = {k: i for i, k in enumerate(run.plan_rows)}
+    porder = {p: i for i, p in enumerate((CLEAN, *run.perturbs))}
     rows = sorted(old_rows + new_rows,
-                  key=lambda r: (r["seed"], r["fold"], order.get((r["mode"], r["input"], r["shots"]), 0)))
+                  key=lambda r: (porder.get(r.get("perturb", CLEAN), 0), r["seed"], r["fold"],
+                                 order.get((r["mode"], r["input"], r["shots"]), 0)))
     files = _write_outputs(run, rows, groups, cache)
     logger.info("feature cache: %s", cache)
     return EvalResults(rows=rows, cache=cache, files=files)
@@ -142,6 +146,7 @@ def _prepare(segmenter: Any, benchmark: BenchmarkLike, folds: Sequence[int] | No
     seeds_l = check_int_list("seeds", seeds, 0)
     modes_l = normalise_modes(modes)
     _check_counts(episodes, opts)
+    perturbs = {p.name: p for p in parse_perturbations(opts.perturb)}
     heads, default_head = dict(fold_heads or {}), segmenter.head
     if "learned" in modes_l and any(heads.get(f, default_head) is None for f in all_folds):
         raise ModelError("learned mode needs a trained head: pass --head FILE (from `vlfss train`) or use "
@@ -155,7 +160,7 @@ def _prepare(segmenter: Any, benchmark: BenchmarkLike, folds: Sequence[int] | No
     return _Run(segmenter, bench_of, all_folds, all_folds if folds is not None or not opts.episode_files else None,
                 shots_l, seeds_l, episodes, modes_l, opts, heads, default_head,
                 row_plan(modes_l, shots_l, opts.baselines, has_text),
-                config_hash(segmenter, bench0.name, bench0.split, opts), digests, current_context())
+                config_hash(segmenter, bench0.name, bench0.split, opts), digests, current_context(), perturbs)
 
 
 def _check_counts(episodes: int, opts: EvalOptions) -> None:
@@ -188,7 +193,7 @@ def _plan(run: _Run) -> tuple[list[Group], list[dict[str, Any]]]:
     old_rows = previous_rows(run.results_path, run.opts, run.chash, run.digests)
     lists = episode_lists(run.bench_of, run.plan_folds, max(run.shots), run.episodes, run.seeds, run.opts,
                           run.out_dir)
-    groups, old_rows = plan_groups(lists, run.plan_rows, old_rows, run.chash, run.digests)
+    groups, old_rows = plan_groups(lists, run.plan_rows, old_rows, run.chash, run.digests, list(run.perturbs))
     skipped = sum(len(run.plan_rows) - len(g.todo) for g in groups)
     if skipped:
         logger.info("resuming: %d of %d rows already in %s", skipped, len(run.plan_rows) * len(groups),
@@ -243,9 +248,9 @@ def _score_groups(run: _Run, groups: list[Group]) -> list[dict[str, Any]]:
             if not g.todo:
                 continue
             bench = run.bench_of(g.fold)
-            bar.set_postfix_str(f"fold {g.fold} seed {g.seed}")
+            bar.set_postfix_str(f"fold {g.fold} seed {g.seed}" + ("" if g.perturb == CLEAN else f" {g.perturb}"))
             run.segmenter.head = run.head_of(g.fold)
-            stats = run_group(run.segmenter, bench, g, run.opts, rank, world, bar)
+            stats = run_group(run.segmenter, bench, g, run.opts, rank, world, bar, run.perturbs.get(g.perturb))
             novel = bench.novel_classes(g.fold)
             for key in g.todo:
                 metrics = stats[key].all_reduce().metrics(bench.class_names, novel)
@@ -269,7 +274,7 @@ def _row(run: _Run, bench: Benchmark, g: Group, key: RowSpec, metrics: dict[str,
         episode_hash=g.episode_hash, episodes_file=g.episodes_file, config_hash=run.chash,
         model=seg.backbone.model_id, head=run.digests.get(g.fold) if mode == "learned" else None,
         variant=seg.head_variant if mode == "learned" else seg.variant,
-        command=run.opts.command or "python API", versions=versions).to_json()
+        command=run.opts.command or "python API", versions=versions, perturb=g.perturb).to_json()
 
 
 def _write_outputs(run: _Run, rows: list[dict[str, Any]], groups: list[Group],
@@ -286,13 +291,15 @@ def _write_outputs(run: _Run, rows: list[dict[str, Any]], groups: list[Group],
 
 
 def run_group(segmenter: Any, bench: Benchmark, g: Group, opts: EvalOptions, rank: int, world: int,
-              bar: Any) -> dict[RowSpec, RowStats]:
-    """This rank's shard of one (fold, seed): every row's sums."""
+              bar: Any, perturb: Perturbation | None = None) -> dict[RowSpec, RowStats]:
+    """This rank's shard of one (fold, seed): every row's sums (with ``perturb`` applied to every image)."""
     stats = {key: RowStats(bench.dataset.num_classes, opts.reject, opts.ece_bins) for key in g.todo}
     variants = sorted({segmenter.variant if m == "training-free" else segmenter.head_variant
                        for m, _, _ in g.todo if m != BASELINE})
     for i in shard(len(g.specs), rank, world):
         ep = load_episode(bench.dataset, g.specs[i])
+        if perturb is not None:
+            ep = apply_episode(perturb, ep)
         for img in (ep.query_image, *ep.support_images):
             for v in variants:  # one image per call: features do not depend on batching (or on the shard)
                 segmenter.encode([img], v)

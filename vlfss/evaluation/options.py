@@ -20,6 +20,7 @@ BASELINE = "baseline"
 BASELINES = ("all-foreground", "oracle-patch-grid")
 DEFAULT_REJECT = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 RESULTS_FILE = "results.jsonl"
+CLEAN = "clean"  # the perturbation name of rows scored on the images as they are
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EvalOptions:
     command: str | None = None  # recorded in every row (the CLI passes its command line)
     cache_items: int | None = None  # feature cache size; None: enough to hold every distinct image of the run
     benchmark_meta: dict[str, Any] = field(default_factory=dict)  # options saved with episodes (e.g. convention)
+    perturb: tuple[str, ...] = ()  # corruptions (jpeg:Q blur:S noise:S scale:F gray), each scored on the same episodes
 
 
 @dataclass

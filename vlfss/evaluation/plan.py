@@ -12,7 +12,7 @@ from typing import Any
 from ..data.benchmark import Benchmark
 from ..data.episodes import EpisodeSampler, EpisodeSpec
 from ..errors import InputError
-from .options import BASELINE, BASELINES, EvalOptions
+from .options import BASELINE, BASELINES, CLEAN, EvalOptions
 from .provenance import EpisodeList, episode_meta, hash_specs, load_episode_files
 from .report import read_jsonl, rewrite_jsonl
 from .results import row_key
@@ -49,6 +49,7 @@ class Group:
     episode_hash: str  # content hash of the episode list
     episodes_file: str | None  # where the list was saved / read (None when nothing is written)
     todo: list[RowSpec]  # rows not yet in the results file
+    perturb: str = CLEAN  # the corruption applied to the episodes' images ("clean": none)
 
 
 def previous_rows(results_path: Path | None, opts: EvalOptions, chash: str,
@@ -101,14 +102,20 @@ def episode_lists(bench_of: Callable[[int], Benchmark], folds: list[int] | None,
 
 
 def plan_groups(lists: list[EpisodeList], plan_rows: list[RowSpec], old_rows: list[dict[str, Any]], chash: str,
-                digests: dict[int, str | None]) -> tuple[list[Group], list[dict[str, Any]]]:
-    """The groups with the rows each still needs, and the old rows that belong to this run's table."""
+                digests: dict[int, str | None], perturbs: Sequence[str] = ()) -> tuple[list[Group], list[dict[str, Any]]]:
+    """The groups with the rows each still needs, and the old rows that belong to this run's table.
 
-    def key(h: str, fold: int, seed: int, row: RowSpec) -> tuple:
-        return (chash, digests.get(fold) if row[0] == "learned" else None, h, fold, seed, *row)
+    Each (fold, seed) gives one clean group and one group per perturbation (same episodes, model rows only: the
+    baselines do not look at the image)."""
 
+    def key(h: str, fold: int, seed: int, row: RowSpec, p: str) -> tuple:
+        return (chash, digests.get(fold) if row[0] == "learned" else None, h, fold, seed, *row, p)
+
+    model_rows = [k for k in plan_rows if k[0] != BASELINE]
     done = {row_key(r) for r in old_rows}
-    groups = [Group(fold, seed, specs, h, saved, [k for k in plan_rows if key(h, fold, seed, k) not in done])
-              for fold, seed, specs, h, saved in lists]
-    keep = {key(g.episode_hash, g.fold, g.seed, k) for g in groups for k in plan_rows}
+    groups = [Group(fold, seed, specs, h, saved,
+                    [k for k in (plan_rows if p == CLEAN else model_rows) if key(h, fold, seed, k, p) not in done], p)
+              for p in (CLEAN, *perturbs) for fold, seed, specs, h, saved in lists]
+    keep = {key(g.episode_hash, g.fold, g.seed, k, g.perturb) for g in groups
+            for k in (plan_rows if g.perturb == CLEAN else model_rows)}
     return groups, [r for r in old_rows if row_key(r) in keep]

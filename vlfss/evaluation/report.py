@@ -18,6 +18,7 @@ from typing import Any
 
 from ..io_utils import atomic_write_bytes, atomic_write_text
 from .metrics import mean_ci
+from .options import CLEAN
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,13 @@ def rewrite_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows))
 
 
-def _key(r: dict[str, Any]) -> tuple[str, str, int]:
-    return (r["mode"], r["input"], int(r["shots"]))
+def _key(r: dict[str, Any]) -> tuple[str, str, int, str]:
+    return (r["mode"], r["input"], int(r["shots"]), r.get("perturb") or CLEAN)
 
 
-def _sort_key(k: tuple[str, str, int]) -> tuple[int, int, int]:
-    return (_MODE_ORDER.get(k[0], 9), k[2], _INPUT_ORDER.get(k[1], 9))
+def _sort_key(k: tuple[str, str, int, str], perturbs: Sequence[str] = ()) -> tuple[int, int, int, int]:
+    order = {p: i for i, p in enumerate((CLEAN, *perturbs))}
+    return (order.get(k[3], len(order)), _MODE_ORDER.get(k[0], 9), k[2], _INPUT_ORDER.get(k[1], 9))
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -83,12 +85,17 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (mode, input, shots): per-fold mIoU (mean over seeds), mean over folds, CI over seeds."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    """One entry per (mode, input, shots, perturbation): per-fold mIoU (mean over seeds), mean over folds, CI
+    over seeds; corrupted entries (``perturb`` other than "clean") also carry ``drop``, their mean minus the
+    clean row's over the same folds (negative: the corruption costs mIoU)."""
+    groups: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
+    perturbs: list[str] = []
     for r in rows:
         groups.setdefault(_key(r), []).append(r)
+        if _key(r)[3] != CLEAN and _key(r)[3] not in perturbs:
+            perturbs.append(_key(r)[3])
     out = []
-    for key in sorted(groups, key=_sort_key):
+    for key in sorted(groups, key=lambda k: _sort_key(k, perturbs)):
         rs = groups[key]
         folds = sorted({r["fold"] for r in rs})
         seeds = sorted({r["seed"] for r in rs})
@@ -109,12 +116,20 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             rc = [{"reject": pt["reject"], "coverage": _mean([c[j]["coverage"] for c in curves]),
                    "miou": _mean([c[j]["miou"] for c in curves])} for j, pt in enumerate(curves[0])]
         out.append({
-            "mode": key[0], "input": key[1], "shots": key[2], "folds": per_fold, "seeds": seeds,
+            "mode": key[0], "input": key[1], "shots": key[2], "perturb": key[3], "folds": per_fold, "seeds": seeds,
             "miou": _mean(list(per_fold.values())), "miou_ci_seeds": ci if ci is None or math.isfinite(ci) else None,
             "fb_iou": _mean([r["fb_iou"] for r in rs]), "episode_miou": _mean([r["episode_miou"] for r in rs]),
             "ece": _mean([r.get("ece") for r in rs]), "f1": _mean([r.get("f1") for r in rs]),
             "per_class": {n: _mean(v) for n, v in per_class.items()}, "risk_coverage": rc,
         })
+    clean = {(e["mode"], e["input"], e["shots"]): e for e in out if e["perturb"] == CLEAN}
+    for e in out:
+        base = clean.get((e["mode"], e["input"], e["shots"]))
+        if e["perturb"] != CLEAN:
+            common = [f for f in e["folds"] if base and base["folds"].get(f) is not None
+                      and e["folds"][f] is not None]
+            e["drop"] = (math.fsum(e["folds"][f] - base["folds"][f] for f in common) / len(common)
+                         if common else None)
     return out
 
 
@@ -138,7 +153,8 @@ def caption(rows: Sequence[dict[str, Any]]) -> str:
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """Rows: mode / input / shots; columns: folds, mean (± 95% CI over seeds), FB-IoU, ECE (all in %)."""
-    summary = summarize(rows)
+    everything = summarize(rows)
+    summary = [s for s in everything if s["perturb"] == CLEAN]
     if not summary:
         return "_no results_\n"
     folds = sorted({f for s in summary for f in s["folds"]})
@@ -151,6 +167,33 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             mean += f" ± {_pct(s['miou_ci_seeds'])}"
         cells = [s["mode"], s["input"], str(s["shots"]), *[_pct(s["folds"].get(f)) for f in folds], mean,
                  _pct(s["fb_iou"]), _pct(s["ece"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    corrupted = [s for s in everything if s["perturb"] != CLEAN]
+    if corrupted:
+        lines += ["", corruption_table(summary, corrupted)]
+    return "\n".join(lines) + "\n"
+
+
+def corruption_table(clean: Sequence[dict[str, Any]], corrupted: Sequence[dict[str, Any]]) -> str:
+    """Rows: mode / input / shots; columns: clean mIoU, then each corruption's mIoU with its drop from clean
+    (points, mean over the folds both were scored on)."""
+    perturbs = list(dict.fromkeys(s["perturb"] for s in corrupted))
+    by = {(s["mode"], s["input"], s["shots"], s["perturb"]): s for s in corrupted}
+    head = ["mode", "input", "shots", "clean", *perturbs]
+    lines = ["_Corruptions (same episodes; query and supports corrupted alike): mIoU (%) and change from clean "
+             "in points_", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for c in clean:
+        if c["mode"] == "baseline":
+            continue
+        cells = [c["mode"], c["input"], str(c["shots"]), _pct(c["miou"])]
+        for p in perturbs:
+            e = by.get((c["mode"], c["input"], c["shots"], p))
+            if e is None or e["miou"] is None:
+                cells.append("–")
+            else:
+                drop = "–" if e["drop"] is None else f"{100 * e['drop']:+.1f}"
+                cells.append(f"{_pct(e['miou'])} ({drop})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -244,10 +287,11 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path, plots: boo
     """table.md, summary.json and (optionally) the three PNG plots in ``out_dir``; returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rows)
+    everything = summarize(rows)
+    summary = [s for s in everything if s["perturb"] == CLEAN]  # the plots show the clean rows
     files = {"table": str(out / "table.md"), "summary": str(out / "summary.json")}
     atomic_write_text(out / "table.md", markdown_table(rows))
-    atomic_write_text(out / "summary.json", json.dumps({"caption": caption(rows), "rows": summary,
+    atomic_write_text(out / "summary.json", json.dumps({"caption": caption(rows), "rows": everything,
                                                         "feature_cache": cache}, indent=1, default=str))
     if plots and summary:
         files["plot_miou_vs_shots"] = plot_miou_vs_shots(summary, out / "miou_vs_shots.png")

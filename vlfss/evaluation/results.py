@@ -32,6 +32,7 @@ class ResultRow:
     variant: str  # dense variant of the features used
     command: str  # the command line (or "python API")
     versions: dict[str, str]  # python and package versions
+    perturb: str = "clean"  # corruption applied to query and supports ("clean", "jpeg:30", "blur:1", ...)
 
     def to_json(self) -> dict[str, Any]:
         """The row as results.jsonl holds it: metrics flattened in, nan/inf as None."""
@@ -74,4 +75,4 @@ def finite(x: Any) -> Any:
 def row_key(row: dict[str, Any]) -> tuple:
     """What makes a row unique within a results file (for --resume); learned rows also by their head."""
     return (row["config_hash"], row.get("head"), row["episode_hash"], row["fold"], row["seed"], row["mode"],
-            row["input"], row["shots"])
+            row["input"], row["shots"], row.get("perturb", "clean"))
