@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from datagen import scene
 
+from vlfss.data import augment as A
 from vlfss.data.augment import (
     colour_jitter,
     cutmix,
@@ -93,3 +94,18 @@ def test_mixup_dominant_and_soft_labels():
     assert np.allclose(w.sum(0)[1:], 1)
     with pytest.raises(InputError, match="num_labels"):
         soft_labels(lab_a, lab_b, 0.5, 2)
+
+
+def test_degrade_draws_nothing_when_off_and_corrupts_when_on():
+    img = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    rng = np.random.default_rng(5)
+    out = A.degrade(img, rng)  # every chance 0: the image, and the rng untouched (old recipes keep their views)
+    assert out is img and rng.random() == np.random.default_rng(5).random()
+    for kw in ({"blur": 1.0}, {"jpeg": 1.0, "jpeg_quality": 10}, {"resample": 1.0, "resample_min": 0.3}):
+        a = A.degrade(img, np.random.default_rng(2), **kw)
+        b = A.degrade(img, np.random.default_rng(2), **kw)
+        assert a.shape == img.shape and a.dtype == np.uint8 and np.array_equal(a, b)  # deterministic per rng
+        # every corruption removes detail: less high-frequency energy than the original
+        assert np.abs(np.diff(a.astype(int), axis=1)).mean() < np.abs(np.diff(img.astype(int), axis=1)).mean()
+    with pytest.raises(InputError, match="blur must be in"):
+        A.degrade(img, rng, blur=2.0)

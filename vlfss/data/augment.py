@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .perturb import Perturbation, apply_image
 
 IGNORE = 255
 
@@ -237,3 +238,24 @@ def soft_labels(
     yy, xx = np.nonzero(vb)
     np.add.at(out, (mask_b[vb].astype(np.int64), yy, xx), wb[vb])
     return out
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator, blur: float = 0.0, blur_sigma: float = 1.5,
+            jpeg: float = 0.0, jpeg_quality: int = 20, resample: float = 0.0, resample_min: float = 0.5) -> np.ndarray:
+    """The image after the corruptions real photos carry, each with its own chance: a lower resolution (resized
+    by a factor in [resample_min, 1] and back), a Gaussian blur (sigma uniform in (0, blur_sigma]) and JPEG
+    compression (quality uniform in jpeg_quality..95). The same code as the evaluation's ``--perturb`` suite
+    (``vlfss.data.perturb``); the label map is unchanged (the size is kept). No rng draw for a zero chance."""
+    _check_prob("resample", resample)
+    _check_prob("blur", blur)
+    _check_prob("jpeg", jpeg)
+    h, w = image.shape[:2]
+    if resample and rng.random() < resample:
+        f = float(rng.uniform(resample_min, 1.0))
+        small = apply_image(Perturbation("scale", f), image)
+        image = resize_image(small, (h, w))
+    if blur and rng.random() < blur:
+        image = apply_image(Perturbation("blur", float(rng.uniform(0.0, blur_sigma)) or 1e-3), image)
+    if jpeg and rng.random() < jpeg:
+        image = apply_image(Perturbation("jpeg", float(rng.integers(jpeg_quality, 96))), image)
+    return image

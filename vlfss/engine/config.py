@@ -57,6 +57,12 @@ class AugmentConfig:
     hue: float = 0.03  # hue jitter in turns
     cutmix: float = 0.2  # chance a view pastes a CutMix box from another pool image
     mixup: float = 0.0  # chance a view is a Mixup blend with another pool image (dominant mask)
+    blur: float = 0.0  # chance a view is Gaussian-blurred, sigma uniform in (0, blur_sigma] (robustness)
+    blur_sigma: float = 1.5  # largest blur sigma in pixels
+    jpeg: float = 0.0  # chance a view is JPEG-compressed, quality uniform in jpeg_quality..95
+    jpeg_quality: int = 20  # lowest JPEG quality
+    resample: float = 0.0  # chance a view is resized by a factor in [resample_min, 1] and back (a lower resolution)
+    resample_min: float = 0.5  # smallest resample factor
 
 
 @dataclass
@@ -139,11 +145,14 @@ def check_config(cfg: TrainConfig, world: int = 1) -> None:
     need(ep.max_way >= 1, "episodes.max_way", f"must be >= 1, got {ep.max_way}")
     au = cfg.augment
     need(au.views >= 0, "augment.views", f"must be >= 0, got {au.views}")
-    for key in ("prob", "hflip", "cutmix", "mixup"):
+    for key in ("prob", "hflip", "cutmix", "mixup", "blur", "jpeg", "resample"):
         need(0 <= getattr(au, key) <= 1, f"augment.{key}", f"must be in [0, 1], got {getattr(au, key)}")
     need(0 <= au.jitter <= 1, "augment.jitter", f"must be in [0, 1], got {au.jitter}")
     need(0 <= au.hue <= 0.5, "augment.hue", f"must be in [0, 0.5], got {au.hue}")
     need(0 < au.scale_min <= au.scale_max, "augment.scale_min", "need 0 < scale_min <= scale_max")
+    need(0 < au.blur_sigma <= 10, "augment.blur_sigma", f"must be in (0, 10], got {au.blur_sigma}")
+    need(1 <= au.jpeg_quality <= 95, "augment.jpeg_quality", f"must be in 1..95, got {au.jpeg_quality}")
+    need(0.1 <= au.resample_min <= 1, "augment.resample_min", f"must be in [0.1, 1], got {au.resample_min}")
     need(cfg.val.episodes >= 0, "val.episodes", f"must be >= 0, got {cfg.val.episodes}")
     need(cfg.val.shots >= 1, "val.shots", f"must be >= 1, got {cfg.val.shots}")
     need(all(k >= 1 for k in cfg.val.more_shots), "val.more_shots", f"must be >= 1, got {cfg.val.more_shots}")

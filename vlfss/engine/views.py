@@ -8,7 +8,8 @@
   front (``precompute_features``) into a cache sized to hold them all, so the training loop re-encodes nothing. An
   episode image uses one of its views with probability ``augment.prob``. Views apply flip, scale-crop, colour
   jitter and, with their own probabilities, CutMix or Mixup with another pool image (mixing across episodes
-  without new images per step; Mixup keeps the dominant mask).
+  without new images per step; Mixup keeps the dominant mask), then the photo corruptions of ``augment.degrade``
+  (lower resolution, blur, JPEG) that make a head robust to them.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ class ViewBank:
             else:
                 mixed = A.mixup(image, label, pimg, plab, rng)
                 image, label = mixed.image, mixed.mask
+        au = self.aug  # last, so views of recipes without these draw the same numbers as before
+        image = A.degrade(image, rng, au.blur, au.blur_sigma, au.jpeg, au.jpeg_quality, au.resample, au.resample_min)
         return image, label
 
 
