@@ -9,8 +9,9 @@ Sections:
   tiny       the embedded tiny model on --tiny-images 96-px synthetic scenes, batch 32: the bare encoder, `label`
              in learned (its default) and training-free mode, and `Segmenter.segment` one image per call
   vitb       ViT-B-16 (random weights) at 352 px, batch 8, --vitb-images images, training-free: encoder vs `label`
-  precision  what `--precision auto` picks here and why; `label` images/s in fp32 and bf16 (tiny and ViT-B);
-             agreement of bf16 labels with fp32 labels on the synthetic test split (--agree-images images)
+  precision  what `--precision auto` picks here and why; `label` images/s in fp32 and bf16, interleaved (tiny:
+             200 scenes, learned; ViT-B: 16 images, training-free); agreement of bf16 labels with fp32 labels on
+             the synthetic test split (tiny: --agree-images images, learned; ViT-B: --agree-vitb-images)
   rss        peak RSS (VmHWM) of a fresh process labelling --rss-sizes images (training-free, batch 32)
 """
 
@@ -189,13 +190,13 @@ def agreement(seg, n: int) -> dict:
 
 
 def precision_section(work: Path, args) -> dict:
+    """What auto picks, `label` in fp32 and bf16 (interleaved: fp32, bf16, fp32, bf16), and label agreement, for
+    the tiny model (learned, 96 px, batch 32) and ViT-B-16 (random weights, training-free, 352 px, batch 8)."""
     from vlfss.labeling.precision import resolve_precision
     from vlfss.labeling.run import _encoder_speedup
     from vlfss.segmenter import build_segmenter
 
-    seg = build_segmenter(feature_cache_items=0)
-    auto = resolve_precision("auto", "cpu", measure=lambda: _encoder_speedup(seg, seg.variant, 32))
-    r: dict = {"auto": auto.name, "auto_reason": auto.reason}
+    r: dict = {}
     paths = write_scenes(work / "tiny", args.tiny_images)
     n = min(200, len(paths))
     sub = work / "tiny200"
@@ -203,19 +204,35 @@ def precision_section(work: Path, args) -> dict:
     for p in paths[:n]:
         if not (sub / p.name).exists():
             os.link(p, sub / p.name)
-    sup = supports(work / "sup96")
-    fp32, _ = label_rate(seg, sub, work / "out-p32", 32, sup, precision="fp32")
-    bf16, _ = label_rate(seg, sub, work / "out-p16", 32, sup, precision="bf16")
-    r["tiny"] = {"images": n, "fp32": fp32, "bf16": bf16, "bf16_over_fp32": bf16 / fp32,
-                 "encoder_fp32": encoder_rate(seg, paths[:n], 32), "encoder_bf16": encoder_rate(seg, paths[:n], 32,
-                                                                                                bf16=True)}
-    r["agreement"] = agreement(build_segmenter(feature_cache_items=0), args.agree_images)
+    arms = [("tiny", lambda: build_segmenter(feature_cache_items=0), sub, paths[:n], supports(work / "sup96"), 32)]
     if args.vitb_images:
-        vpaths = write_scenes(work / "vitb", args.vitb_images, size=352)[:16]
-        vseg = _vitb(input_size=352, mode="training-free", feature_cache_items=0)
-        r["vitb"] = {"images": len(vpaths), "encoder_fp32": encoder_rate(vseg, vpaths, 8),
-                     "encoder_bf16": encoder_rate(vseg, vpaths, 8, bf16=True)}
-        r["vitb"]["bf16_over_fp32"] = r["vitb"]["encoder_bf16"] / r["vitb"]["encoder_fp32"]
+        vpaths = write_scenes(work / "vitb", args.vitb_images, size=352)
+        vsub = work / "vitb16"
+        vsub.mkdir(exist_ok=True)
+        for p in vpaths[:16]:
+            if not (vsub / p.name).exists():
+                os.link(p, vsub / p.name)
+        arms.append(("vitb", lambda: _vitb(input_size=352, mode="training-free", feature_cache_items=0), vsub,
+                     vpaths[:16], supports(work / "sup352", k=1, size=352), 8))
+    for name, build, folder, arm_paths, sup, batch in arms:
+        seg = build()
+        auto = resolve_precision("auto", "cpu", measure=lambda: _encoder_speedup(seg, seg.variant, batch))  # noqa: B023
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(2):
+            for prec in ("fp32", "bf16"):
+                rates[prec].append(label_rate(seg, folder, work / f"out-p-{name}-{prec}", batch, sup,
+                                              precision=prec)[0])
+        fp32, bf16 = sum(rates["fp32"]) / 2, sum(rates["bf16"]) / 2
+        r[name] = {"images": len(arm_paths), "batch": batch, "auto": auto.name, "auto_reason": auto.reason,
+                   "label_fp32": fp32, "label_bf16": bf16, "label_runs": rates, "bf16_over_fp32": bf16 / fp32,
+                   "encoder_fp32": encoder_rate(seg, arm_paths, batch),
+                   "encoder_bf16": encoder_rate(seg, arm_paths, batch, bf16=True)}
+        r[name]["encoder_bf16_over_fp32"] = r[name]["encoder_bf16"] / r[name]["encoder_fp32"]
+        print(name, json.dumps(r[name], default=float), flush=True)
+    r["agreement_tiny"] = agreement(build_segmenter(feature_cache_items=0), args.agree_images)
+    if args.vitb_images:
+        r["agreement_vitb"] = agreement(_vitb(input_size=352, mode="training-free", feature_cache_items=0),
+                                        args.agree_vitb_images)
     return r
 
 
@@ -264,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny-images", type=int, default=1000)
     ap.add_argument("--vitb-images", type=int, default=64)
     ap.add_argument("--agree-images", type=int, default=500)
+    ap.add_argument("--agree-vitb-images", type=int, default=32, help="test-split images for ViT-B's agreement")
     ap.add_argument("--rss-sizes", type=int, nargs="*", default=[1000, 10000])
     ap.add_argument("--work-dir", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the figures here")

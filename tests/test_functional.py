@@ -168,3 +168,21 @@ def test_foreground_cells_and_strided_rows():
     assert fn.strided_rows(x, 4)[:, 0].tolist() == [0.0, 3.0, 6.0, 9.0]  # every ceil(10 / 4) = 3rd row
     assert fn.strided_rows(x, 5)[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
 
+
+
+def test_support_similarity_maps_split_into_support_and_query_halves_is_exact():
+    """The supports' half (once per request) and the query's half give the same bits as the maps computed from
+    ``cosine_map`` on the raw prototypes and cells."""
+    torch.manual_seed(0)
+    q, feats = torch.randn(16, 6, 7), torch.randn(3, 16, 6, 7)
+    masks = (torch.rand(3, 24, 28) > 0.6).to(torch.uint8)
+    masks[0, :4] = fn.IGNORE
+    fg_w, bg_w = fn.mask_weights(masks, (6, 7))
+    cells = fn.foreground_cells(feats, fg_w)
+    want = torch.cat([fn.cosine_map(q[None], fn.masked_average_pool(feats, fg_w).mean(0, keepdim=True))[0],
+                      fn.cosine_map(q[None], fn.masked_average_pool(feats, bg_w).mean(0, keepdim=True))[0],
+                      fn.cosine_map(q[None], cells)[0].max(0).values[None]])
+    assert torch.equal(fn.query_similarity_maps(q, *fn.support_map_side(feats, masks)), want)
+    assert torch.equal(fn.support_similarity_maps(q, feats, masks), want)
+    no_fg = torch.zeros_like(masks)  # no foreground cell: the correlation channel is 0
+    assert fn.support_similarity_maps(q, feats, no_fg)[2].abs().sum() == 0

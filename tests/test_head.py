@@ -183,3 +183,54 @@ def test_apply_prior_adds_it_and_answers_declined_kinds_with_it():
     mixed = apply_prior(out, prior, torch.tensor([True, False]), residual=True)
     assert torch.equal(mixed[0, 0], torch.full((4, 4), 4.0)) and torch.equal(mixed[0, 1], torch.full((4, 4), 3.0))
 
+
+
+def test_class_side_once_per_request_gives_the_same_numbers(tiny_backbone, rng):
+    """``SegHead.support_side`` (support prototypes and cells per level, fusion keys) computed once and shared
+    over queries gives bit-identical log-odds to the head computing it per call, for every input kind, with
+    negatives; and a batch of queries equals the queries one at a time (within float tolerance)."""
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone, HeadConfig(agnostic_kinds=["shots"]))  # text+shots reads the fusion too
+    torch.nn.init.normal_(head.decoder.head.weight)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned"), head)
+    shots = [blob_scene(rng, 64, 64) for _ in range(3)]
+    queries = seg.encode([blob_scene(rng, 64, 64)[0] for _ in range(3)], seg.head_variant)
+    specs = seg.build_specs(["a cat", "a dog", None], [shots[:2], [], shots[2:]], seg.head_variant)
+    negs = seg._encode_pairs([blob_scene(rng, 64, 64)], "negative", seg.head_variant)
+    with torch.no_grad():
+        side = head.support_side(specs, negs)
+        prior = torch.stack([head.prior(q, specs, negs) for q in queries])
+        for i, q in enumerate(queries):
+            assert torch.equal(head([q], specs, negs, prior[i:i + 1], side), head([q], specs, negs, prior[i:i + 1]))
+        batched = head(queries, specs, negs, prior, side)
+        one_at_a_time = torch.cat([head([q], specs, negs, prior[i:i + 1], side) for i, q in enumerate(queries)])
+    assert torch.allclose(batched, one_at_a_time, atol=1e-5)
+
+
+def test_segmenter_logits_with_the_prepared_class_side_equal_recomputing_it(tiny_backbone, rng, monkeypatch):
+    """``Segmenter.prepare`` keeps the head's class side in the request (computed once, not per query); scoring
+    with it is bit-identical to a request without it (the head then recomputes it per query), and ``predict`` on
+    several images equals ``segment`` one image at a time."""
+    import dataclasses
+
+    from vlfss.modeling import functional as fn
+
+    torch.manual_seed(0)
+    head = new_head(tiny_backbone)
+    torch.nn.init.normal_(head.decoder.head.weight)
+    seg = Segmenter(tiny_backbone, SegmenterConfig(mode="learned", feature_cache_items=0), head)
+    shots = [blob_scene(rng, 64, 64) for _ in range(2)]
+    images = [blob_scene(rng, 64, 64)[0] for _ in range(3)]
+    real, calls = fn.support_map_side, []
+    monkeypatch.setattr(fn, "support_map_side", lambda *a: calls.append(1) or real(*a))
+    request = seg.prepare(["a cat", None], [shots[:1], shots[1:]])
+    seg.predict(images, request)
+    assert request.head_support is not None and len(calls) == 2 * (len(tiny_backbone.taps) + 1)  # classes x levels
+    monkeypatch.setattr(fn, "support_map_side", real)
+    bare = dataclasses.replace(request, head_support=None)
+    for q in seg.encode(images, request.variant):
+        assert torch.equal(seg.logits(q, request), seg.logits(q, bare))
+    together = seg.predict(images, request)
+    for img, out in zip(images, together):
+        alone = seg.segment(img, texts=["a cat", None], supports=[shots[:1], shots[1:]])
+        assert torch.allclose(out.logits, alone.logits, atol=1e-5) and torch.equal(out.labels, alone.labels)

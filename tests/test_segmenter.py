@@ -196,3 +196,19 @@ def test_text_background_follows_threshold_then_model_bias_then_prompts(seg, rng
     seg.cfg.training_free.text_threshold = 0.25
     assert seg._text_background(z, None) == 0.25
     assert tf.text_level(None, -5.0, 10.0) == 0.5  # a SigLIP model: where sigmoid(10 cos - 5) = 1/2
+
+
+def test_output_labels_are_the_first_maximum_as_argmax():
+    """``make_output`` takes labels and confidence from one ``max`` over classes: the same labels as
+    ``argmax`` (ties to the lower label), the same confidence as the max probability."""
+    from vlfss.modeling.types import make_output
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 9, 11)
+    logits[1, :3] = logits[2, :3] = logits[0, :3] + 1.0  # exact ties between classes 1 and 2
+    logits[3, :3] = logits[0, :3]
+    logits[:, 4] = 0.0  # all four tied
+    out = make_output(logits, ["a", "b", "c"])
+    probs = logits.softmax(0)
+    assert torch.equal(out.labels, probs.argmax(0)) and torch.equal(out.confidence, probs.max(0).values)
+    assert (out.labels[:3] == 1).all() and (out.labels[4] == 0).all()

@@ -30,7 +30,7 @@ from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
 from .modeling.config import Mode, SegmenterConfig
-from .modeling.head import SegHead
+from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
 from .modeling.tta import adapt_validated
@@ -55,6 +55,7 @@ class Request:
     neg_text: Tensor | None  # M x D embeddings of negative names (training-free text background)
     head: SegHead | None  # the learned head (a test-time adapted copy with adapt_steps), None in training-free mode
     state: tf.SupportState | None  # the supports' scoring state (None when the head needs no prior)
+    head_support: SupportSide | None = None  # the head's class-side work (support maps, fusion keys), learned mode
 
     @property
     def class_names(self) -> list[str]:
@@ -300,13 +301,15 @@ class Segmenter(nn.Module):
                 head, _ = adapt_validated(head, specs, negs, adapt_steps, self.cfg.adapt_lr)
             else:
                 head = adapt_head(head, specs, negs, steps=adapt_steps, lr=self.cfg.adapt_lr)
-        state = None
+        state = head_support = None
         with torch.no_grad():  # the supports' side of the scoring, once for all the query images
             if head is None:
                 state = tf.support_state(specs, negs, self.cfg.training_free)
-            elif head.uses_prior(specs):
-                state = head.prior_state(specs, negs)
-        return Request(mode, variant, specs, negs, neg_text, head, state)
+            else:
+                head_support = head.support_side(specs, negs)
+                if head.uses_prior(specs):
+                    state = head.prior_state(specs, negs)
+        return Request(mode, variant, specs, negs, neg_text, head, state, head_support)
 
     def logits(self, query: Encoded, request: Request) -> Tensor:
         """Per-class foreground log-odds N x H x W of one encoded query at its original size."""
@@ -316,9 +319,10 @@ class Segmenter(nn.Module):
                 return up(self.training_free_logits(query, specs, negs, request.neg_text, request.state), query.size)
             # the prior once per query, for the head and for the kinds it declines
             prior = head.prior(query, specs, negs, request.state) if request.state is not None else None
-            fg = up(head([query], specs, negs, None if prior is None else prior[None])[0], query.size)
+            fg = up(head([query], specs, negs, None if prior is None else prior[None], request.head_support)[0],
+                    query.size)
             declined = [i for i, s in enumerate(specs) if input_kind(s) not in head.cfg.use_for]
-            if prior is not None:  # kinds the head does not answer: its training-free prior, upsampled
+            if prior is not None and declined:  # kinds the head does not answer: its training-free prior, upsampled
                 fg[declined] = up(prior, query.size)[declined]  # as training-free mode does
             return fg
 

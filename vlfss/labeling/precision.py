@@ -3,9 +3,11 @@
 bf16 pays only on hardware with bf16 units: on CUDA (``torch.cuda.is_bf16_supported()``) and on CPUs that
 advertise AMX (``amx_bf16``) or AVX-512-BF16 (``avx512_bf16``) in ``/proc/cpuinfo``. Advertised units are not
 enough: on a virtual machine that advertises ``avx512_bf16`` but no AMX, bf16 autocast ran the tiny encoder at
-0.69x and ViT-B-16 at 0.24x of fp32 speed (docs/label.md). So on a CPU with the flags, ``auto`` times the run's
-own encoder once both ways and keeps bf16 only when it is at least ``MIN_SPEEDUP`` times faster; without the
-flags it picks fp32 without measuring (issue 15 measured bf16 5.7x slower on such a CPU). Only the encoder runs
+0.69x and ViT-B-16 at 0.24x of fp32 speed (docs/label.md; measured before the open_clip blocks stopped sending
+bf16 through a materialised copy of each attention weight, see ``backbones/open_clip_backbone.py``). So on a CPU
+with the flags, ``auto`` times the run's own encoder once both ways and keeps bf16 only when it is at least
+``MIN_SPEEDUP`` times faster; without the flags it picks fp32 without measuring (issue 15 measured bf16 5.7x
+slower on such a CPU). Only the encoder runs
 in bf16, as ``SegmenterConfig.autocast_bf16`` does; the head and the scoring stay in fp32.
 """
 

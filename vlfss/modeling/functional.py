@@ -106,14 +106,30 @@ def support_similarity_maps(query: Tensor, feats: Tensor, masks: Tensor) -> Tens
     query C x h x w; feats K x C x hs x ws (the K supports at one feature level); masks K x H x W in {0, 1, 255}.
     Channels: cosine to the shots' mean foreground prototype, cosine to their mean background prototype, and the
     best cosine to any single foreground cell (a correlation map as HSNet's; 0 where no cell is foreground).
+    ``support_map_side`` + ``query_similarity_maps``, which split it into the supports' half (once per request)
+    and the query's half.
     """
+    return query_similarity_maps(query, *support_map_side(feats, masks))
+
+
+def support_map_side(feats: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The supports' half of ``support_similarity_maps``, the same for every query: (mean foreground prototype
+    1 x C, mean background prototype 1 x C, foreground cells M x C), each row L2-normalised."""
     fg_w, bg_w = mask_weights(masks, tuple(feats.shape[-2:]))
-    q = query.unsqueeze(0)
-    fg = cosine_map(q, masked_average_pool(feats, fg_w).mean(0, keepdim=True))[0]  # 1 x h x w
-    bg = cosine_map(q, masked_average_pool(feats, bg_w).mean(0, keepdim=True))[0]
-    cells = foreground_cells(feats, fg_w)  # M x C
-    corr = cosine_map(q, cells)[0].max(0).values.unsqueeze(0) if cells.shape[0] else query.new_zeros(1, *q.shape[-2:])
-    return torch.cat([fg, bg, corr])
+    fg = masked_average_pool(feats, fg_w).mean(0, keepdim=True)
+    bg = masked_average_pool(feats, bg_w).mean(0, keepdim=True)
+    return F.normalize(fg, dim=-1), F.normalize(bg, dim=-1), F.normalize(foreground_cells(feats, fg_w), dim=-1)
+
+
+def query_similarity_maps(query: Tensor, fg: Tensor, bg: Tensor, cells: Tensor) -> Tensor:
+    """The query's half of ``support_similarity_maps``: 3 x h x w from query C x h x w and ``support_map_side``'s
+    normalised (fg 1 x C, bg 1 x C, cells M x C); the same numbers as ``cosine_map`` on the raw prototypes."""
+    q = F.normalize(query.unsqueeze(0), dim=1)
+    fgm = torch.einsum("bchw,mc->bmhw", q, fg)[0]  # 1 x h x w
+    bgm = torch.einsum("bchw,mc->bmhw", q, bg)[0]
+    corr = (torch.einsum("bchw,mc->bmhw", q, cells)[0].max(0).values.unsqueeze(0) if cells.shape[0]
+            else query.new_zeros(1, *q.shape[-2:]))
+    return torch.cat([fgm, bgm, corr])
 
 
 def pooled_covariance(cells: Tensor, weights: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ pair ``b * N + n`` is query b, class n.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,33 @@ def feature_levels(e: Encoded) -> list[Tensor]:
     return [*e.taps, e.z]
 
 
-def pair_similarity_maps(query: Encoded, spec: ClassSpec, text_scale: Tensor) -> Tensor:
+@dataclass
+class SupportSide:
+    """The head's work that depends on the classes alone (``SegHead.support_side``): done once per request and
+    shared by every query image, instead of once per (query, class) pair."""
+
+    maps: list[list[tuple[Tensor, Tensor, Tensor]] | None]  # per class, per level: ``fn.support_map_side``
+    keys: list[Tensor | None]  # per class: its fusion keys L x d (None for the class-agnostic kinds)
+
+
+def support_map_sides(spec: ClassSpec) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+    """Per feature level, the supports' half of the similarity maps (``fn.support_map_side``); None without
+    supports."""
+    if not spec.supports:
+        return None
+    masks = torch.stack([m for _, m in spec.supports])
+    levels = len(feature_levels(spec.supports[0][0]))
+    return [fn.support_map_side(torch.stack([feature_levels(e)[li] for e, _ in spec.supports]), masks)
+            for li in range(levels)]  # each level: K x C_l x hs x ws
+
+
+def pair_similarity_maps(query: Encoded, spec: ClassSpec, text_scale: Tensor,
+                         sides: list[tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
     """The class-agnostic inputs of one pair: S x h x w with S = 1 + 3 * levels + 2.
 
     Channels: the query's text cosine times ``text_scale / 10`` (0 without text); per level, the three
     ``fn.support_similarity_maps`` (0 without supports); two flags, 1 where text / supports are given.
+    ``sides``: ``support_map_sides(spec)`` when the caller has it (computed here otherwise).
     """
     q_levels = feature_levels(query)
     h, w = q_levels[0].shape[-2:]
@@ -42,10 +64,8 @@ def pair_similarity_maps(query: Encoded, spec: ClassSpec, text_scale: Tensor) ->
     else:
         sims = [q_levels[0].new_zeros(1, h, w)]
     if spec.supports:
-        masks = torch.stack([m for _, m in spec.supports])
-        for li, ql in enumerate(q_levels):
-            feats = torch.stack([feature_levels(e)[li] for e, _ in spec.supports])  # K x C_l x hs x ws
-            sims.append(fn.support_similarity_maps(ql, feats, masks))
+        sides = sides if sides is not None else support_map_sides(spec)
+        sims.extend(fn.query_similarity_maps(ql, *side) for ql, side in zip(q_levels, sides))  # type: ignore[arg-type]
     else:
         sims.extend([q_levels[0].new_zeros(1, h, w)] * (3 * len(q_levels)))
     flags = torch.stack([torch.full((h, w), float(spec.text is not None)),
@@ -145,13 +165,24 @@ class SegHead(nn.Module):
         return tf.training_free_logits(query, specs, negatives, self.cfg.prior, float(self.prior_scale), text_bg,
                                        state)
 
-    def fuse(self, queries: list[Encoded], specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
-             reads_raw: list[bool]) -> Tensor:
-        """Fused tokens P x d x h x w: each raw pair's query cells (all levels stacked) attending to its class's
-        keys; zero for the class-agnostic pairs, for which the fusion does not run."""
-        h, w = queries[0].z.shape[-2:]
+    def support_side(self, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]]) -> SupportSide:
+        """The query-independent half of ``forward`` (support prototypes and cells per level, fusion keys), to
+        share over query images as ``forward(..., support=)``; compute it under ``torch.no_grad()`` unless the
+        head is being trained through it."""
+        reads_raw = [input_kind(s) not in self.cfg.agnostic_kinds for s in specs]
         keys = [self.fusion.build_keys(s.text, *support_keys(s, negatives, self.cfg.max_support_cells))
                 if r else None for s, r in zip(specs, reads_raw)]
+        return SupportSide([support_map_sides(s) for s in specs], keys)
+
+    def fuse(self, queries: list[Encoded], specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
+             reads_raw: list[bool], keys: list[Tensor | None] | None = None) -> Tensor:
+        """Fused tokens P x d x h x w: each raw pair's query cells (all levels stacked) attending to its class's
+        keys; zero for the class-agnostic pairs, for which the fusion does not run. ``keys``: per class, as
+        ``support_side`` makes them (computed here otherwise)."""
+        h, w = queries[0].z.shape[-2:]
+        if keys is None:
+            keys = [self.fusion.build_keys(s.text, *support_keys(s, negatives, self.cfg.max_support_cells))
+                    if r else None for s, r in zip(specs, reads_raw)]
         rows = [(b * len(specs) + n, q, keys[n]) for b, q in enumerate(queries) for n in range(len(specs))
                 if reads_raw[n]]
         fused = queries[0].z.new_zeros(len(queries) * len(specs), self.fusion.dim, h, w)
@@ -162,15 +193,19 @@ class SegHead(nn.Module):
         return fused
 
     def forward(self, queries: list[Encoded], specs: list[ClassSpec],
-                negatives: list[tuple[Encoded, Tensor]] | None = None, prior: Tensor | None = None) -> Tensor:
+                negatives: list[tuple[Encoded, Tensor]] | None = None, prior: Tensor | None = None,
+                support: SupportSide | None = None) -> Tensor:
         """Foreground log-odds B x N x h4 x w4 for all queries (same encoder size) and classes. ``prior``
-        (B x N x h x w): ``self.prior`` of the queries when the caller has it already."""
+        (B x N x h x w): ``self.prior`` of the queries when the caller has it already; ``support``:
+        ``self.support_side(specs, negatives)`` when the caller has it (the same numbers, once per request)."""
         negatives = negatives or []
         h, w = queries[0].z.shape[-2:]
         device = queries[0].z.device
         reads_raw = [input_kind(s) not in self.cfg.agnostic_kinds for s in specs]
-        sims = torch.stack([pair_similarity_maps(q, s, self.text_scale) for q in queries for s in specs])  # P x S..
-        fused = self.fuse(queries, specs, negatives, reads_raw)
+        maps = support.maps if support is not None else [support_map_sides(s) for s in specs]  # once per class
+        sims = torch.stack([pair_similarity_maps(q, s, self.text_scale, m) for q in queries
+                            for s, m in zip(specs, maps)])  # P x S x h x w
+        fused = self.fuse(queries, specs, negatives, reads_raw, None if support is None else support.keys)
         if prior is None and self.uses_prior(specs):
             state = self.prior_state(specs, negatives)  # once for all the queries
             prior = torch.stack([self.prior(q, specs, negatives, state) for q in queries])  # B x N x h x w

@@ -42,12 +42,13 @@ class SegmentationOutput:
 def make_output(logits: Tensor, class_names: list[str]) -> SegmentationOutput:
     """(N+1) x H x W logits -> SegmentationOutput."""
     probs = logits.float().softmax(0)
-    labels = probs.argmax(0)
+    # max over dim 0 gives the argmax (the first maximum, as argmax) and the confidence in one pass; argmax(0) alone
+    # took 20x longer on a small N+1 (2 ms on 2 x 96 x 96, most of `vlfss label`'s writing time)
+    confidence, labels = probs.max(0)
     n = len(class_names)
     masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
     return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
-                              confidence=probs.max(0).values,
-                              entropy=fn.normalised_entropy(probs.unsqueeze(0))[0])
+                              confidence=confidence, entropy=fn.normalised_entropy(probs.unsqueeze(0))[0])
 
 
 # ------------------------------------------------------------------------------------ internal data
