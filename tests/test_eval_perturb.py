@@ -154,3 +154,27 @@ def test_cli_perturb_end_to_end(tiny_clip_name, tiny_clip_weights, synth_root, t
     assert rc == 0 and "Corruptions" in out and "| clean | jpeg:30 | scale:1.5 |" in out
     rows, _ = read_jsonl(tmp_path / "o" / "results.jsonl")
     assert {r["perturb"] for r in rows} == {"clean", "jpeg:30", "scale:1.5"}
+
+
+def test_adapt_steps_reach_learned_rows_with_supports_only(make_seg, bench):
+    seg = make_seg()
+    seen: list[tuple[str, int, int]] = []
+    real = seg.segment
+
+    def spy(image, texts=None, supports=None, mode=None, adapt_steps=0, **kw):
+        seen.append((mode, len(supports[0]) if supports else 0, adapt_steps))
+        return real(image, texts=texts, supports=supports, mode=mode, adapt_steps=adapt_steps, **kw)
+
+    seg.segment = spy
+    res = evaluate(seg, bench, modes="both", adapt_steps=3, baselines=False, **{**KW, "episodes": 1})
+    assert {(m, k, a) for m, k, a in seen} == {("training-free", 0, 0), ("training-free", 1, 0),
+                                               ("learned", 0, 0), ("learned", 1, 3)}
+    assert {(r["mode"], r["shots"], r["adapt_steps"]) for r in res.rows} == {
+        ("training-free", 0, 0), ("training-free", 1, 0), ("learned", 0, 0), ("learned", 1, 3)}
+    # 1 support per class cannot validate adaptation: declined, the same numbers as without it
+    plain = evaluate(make_seg(), bench, modes="learned", baselines=False, **{**KW, "episodes": 1})
+    adapted = [r for r in res.rows if r["mode"] == "learned"]
+    assert [r["miou"] for r in adapted] == [r["miou"] for r in plain.rows]
+    assert adapted[0]["config_hash"] != plain.rows[0]["config_hash"]  # never resumed into a run without it
+    with pytest.raises(InputError, match="adapt_steps"):
+        evaluate(make_seg(), bench, adapt_steps=-1, **KW)

@@ -67,6 +67,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perturb", nargs="+", default=[], metavar="SPEC",
                    help="also score every model row with query and supports corrupted: jpeg:Q (1..95), blur:SIGMA "
                    "(> 0), noise:SIGMA (0..255), scale:F (0.1..4), gray; the table adds the drop from clean")
+    p.add_argument("--adapt-steps", type=int, default=EvalOptions.adapt_steps,
+                   help="learned rows with supports: test-time adaptation steps on the supports (validated on them "
+                   "unless --set adapt_validate=false; 1 support per class declines)")
     p.add_argument("--no-baselines", action="store_true", help="skip the all-foreground and oracle rows")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", default="vlfss_eval", help="output folder")
@@ -110,7 +113,7 @@ def job_from_args(args: argparse.Namespace, command: str) -> EvalJob:
         reject=tuple(args.reject), ece_bins=args.ece_bins, baselines=not args.no_baselines,
         episode_files=args.episodes_file, out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
         plots=not args.no_plots, progress=not args.quiet, command=command, cache_items=args.cache_items,
-        perturb=tuple(p.name for p in parse_perturbations(args.perturb)))
+        adapt_steps=args.adapt_steps, perturb=tuple(p.name for p in parse_perturbations(args.perturb)))
     return EvalJob(benchmark=args.benchmark, data_root=args.data_root, split=args.split, folds=_folds(args.fold),
                    shots=args.shots, episodes=args.episodes, seeds=args.seeds, modes=normalise_modes(args.mode),
                    bench_options=bench_options, segmenter=seg, head_template=head_template, options=options)

@@ -146,6 +146,8 @@ def _prepare(segmenter: Any, benchmark: BenchmarkLike, folds: Sequence[int] | No
     seeds_l = check_int_list("seeds", seeds, 0)
     modes_l = normalise_modes(modes)
     _check_counts(episodes, opts)
+    if isinstance(opts.adapt_steps, bool) or not isinstance(opts.adapt_steps, int) or opts.adapt_steps < 0:
+        raise InputError(f"adapt_steps must be an integer >= 0, got {opts.adapt_steps!r}")
     perturbs = {p.name: p for p in parse_perturbations(opts.perturb)}
     heads, default_head = dict(fold_heads or {}), segmenter.head
     if "learned" in modes_l and any(heads.get(f, default_head) is None for f in all_folds):
@@ -274,7 +276,8 @@ def _row(run: _Run, bench: Benchmark, g: Group, key: RowSpec, metrics: dict[str,
         episode_hash=g.episode_hash, episodes_file=g.episodes_file, config_hash=run.chash,
         model=seg.backbone.model_id, head=run.digests.get(g.fold) if mode == "learned" else None,
         variant=seg.head_variant if mode == "learned" else seg.variant,
-        command=run.opts.command or "python API", versions=versions, perturb=g.perturb).to_json()
+        command=run.opts.command or "python API", versions=versions, perturb=g.perturb,
+        adapt_steps=run.opts.adapt_steps if mode == "learned" and k > 0 else 0).to_json()
 
 
 def _write_outputs(run: _Run, rows: list[dict[str, Any]], groups: list[Group],
@@ -312,7 +315,8 @@ def run_group(segmenter: Any, bench: Benchmark, g: Group, opts: EvalOptions, ran
             if mode == BASELINE:
                 score_baseline(st, inp, target, grid, ep.class_ids, ep.index)
             else:
-                _score_model(st, segmenter, ep, mode, inp, k, target, opts.resized_labels)
+                _score_model(st, segmenter, ep, mode, inp, k, target, opts.resized_labels,
+                             opts.adapt_steps if mode == "learned" and k > 0 else 0)
         bar.update(1)
     return stats
 
@@ -329,8 +333,9 @@ def episode_request(ep: Episode, inp: str, k: int) -> dict[str, Any]:
 
 
 def _score_model(st: RowStats, segmenter: Any, ep: Episode, mode: str, inp: str, k: int, target: Tensor,
-                 resized_labels: bool) -> None:
-    out = segmenter.segment(ep.query_image, **episode_request(ep, inp, k), mode=mode)
+                 resized_labels: bool, adapt_steps: int = 0) -> None:
+    extra = {"adapt_steps": adapt_steps} if adapt_steps else {}
+    out = segmenter.segment(ep.query_image, **episode_request(ep, inp, k), mode=mode, **extra)
     probs = out.probs
     if resized_labels:
         probs = resize_probs(probs, tuple(target.shape))

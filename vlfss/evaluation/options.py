@@ -42,6 +42,7 @@ class EvalOptions:
     command: str | None = None  # recorded in every row (the CLI passes its command line)
     cache_items: int | None = None  # feature cache size; None: enough to hold every distinct image of the run
     benchmark_meta: dict[str, Any] = field(default_factory=dict)  # options saved with episodes (e.g. convention)
+    adapt_steps: int = 0  # learned rows with supports: test-time adaptation steps (validated per SegmenterConfig)
     perturb: tuple[str, ...] = ()  # corruptions (jpeg:Q blur:S noise:S scale:F gray), each scored on the same episodes
 
 

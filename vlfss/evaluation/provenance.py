@@ -63,6 +63,8 @@ def config_hash(segmenter: Any, bench_name: str, split: str, opts: EvalOptions) 
         "benchmark": bench_name, "split": split, "n_way": opts.n_way, "resized_labels": opts.resized_labels,
         "reject": list(opts.reject), "ece_bins": opts.ece_bins, "meta": opts.benchmark_meta,
     }
+    if opts.adapt_steps:  # only when used, so runs without adaptation keep their hashes (and stay resumable)
+        blob["adapt_steps"] = opts.adapt_steps
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

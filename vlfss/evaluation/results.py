@@ -32,6 +32,7 @@ class ResultRow:
     variant: str  # dense variant of the features used
     command: str  # the command line (or "python API")
     versions: dict[str, str]  # python and package versions
+    adapt_steps: int = 0  # test-time adaptation steps asked for (learned rows with supports; validated per request)
     perturb: str = "clean"  # corruption applied to query and supports ("clean", "jpeg:30", "blur:1", ...)
 
     def to_json(self) -> dict[str, Any]:
