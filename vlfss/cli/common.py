@@ -40,7 +40,8 @@ def add_segmenter_args(p: argparse.ArgumentParser) -> None:
     d = _DEFAULTS
     p.add_argument("--model", default=d.model, help=f"backbone name (see `vlfss models`; default {d.model})")
     p.add_argument("--pretrained", default=d.pretrained,
-                   help="open_clip pretrained tag or local weights file (default: the model's own)")
+                   help="open_clip pretrained tag, local weights file, or 'random' for random weights (the only way to "
+                   "get them; default: the model's own)")
     p.add_argument("--mode", default=d.mode, choices=["auto", "training-free", "learned"],
                    help=f"default {d.mode}: learned when the model ships a head, else training-free")
     p.add_argument("--head", default=d.head_path, help="learned head weights (safetensors)")
