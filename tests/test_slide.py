@@ -109,3 +109,19 @@ def test_multiscale_averages_the_scales(tiny_backbone, large_scene):
     a = seg.segment(large_scene.image, supports=[(large_scene.image, mask)])
     b = one.segment(large_scene.image, supports=[(large_scene.image, mask)])
     assert torch.allclose(a.logits, b.logits)  # one scale at 1.0 is the resize strategy
+
+
+def test_slide_cost_script_counts_the_windows_and_times_both_arms():
+    """eval/slide_cost.py (the issue's cost target): a 288-px image is 16 windows of 96 px at stride 66, and the
+    ratio is slide time over windows x one native forward."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "slide_cost.py"
+    spec = importlib.util.spec_from_file_location("slide_cost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.measure("tiny", 1)
+    assert (r["windows"], r["window"], r["stride"]) == (16, 96, 66)
+    assert r["native_forward_ms"] > 0 and r["slide_ms"] > 0
+    assert r["ratio_to_windows_x_forward"] == pytest.approx(r["slide_ms"] / (16 * r["native_forward_ms"]), rel=0.02)
