@@ -73,3 +73,4 @@ def test_synthetic_large_is_the_same_world_at_native_texture_size(tmp_path):
     assert large.dataset.load_image(0).shape[:2] == (288, 288)
     assert large.dataset.num_classes == small.dataset.num_classes
     assert large.novel_classes(0) == small.novel_classes(0)  # same folds
+    assert (large.name, small.name) == ("synthetic-large", "synthetic")  # rows say which one was scored

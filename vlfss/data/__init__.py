@@ -80,7 +80,9 @@ def _synthetic_large(data_root, split, fold, n_images=None, seed=0, fmt="hf", im
                      texture_scale=1.0) -> Benchmark:
     """The synthetic world as large photos: 288-px scenes with textures at their native pixel size (3x the
     encoder's 96-px input in each direction), same classes, folds and episode seeds as ``synthetic``."""
-    return _synthetic(data_root, split, fold, n_images, seed, fmt, image_size, workers, texture_scale)
+    bench = _synthetic(data_root, split, fold, n_images, seed, fmt, image_size, workers, texture_scale)
+    bench.name = "synthetic-large"  # what result rows, captions and episode files record
+    return bench
 
 
 def _folder(data_root, split, fold, folds=None, num_folds=4, index_file=None) -> Benchmark:
