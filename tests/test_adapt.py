@@ -133,3 +133,19 @@ def test_validated_adaptation_scores_every_candidate_on_held_out_supports(seg, r
     assert all(0.0 <= v <= 1.0 for v in choice.scores.values())
     best = max(choice.scores.values())
     assert choice.steps == 0 or choice.scores[choice.steps] == best  # only the best count can be chosen
+
+
+def test_validation_scores_the_heads_that_would_be_applied(seg, rng):
+    """The checkpoints validation scores come from one Adam run, so the head at k steps is exactly what
+    ``adapt_head(steps=k)`` applies afterwards (a fresh optimiser per checkpoint would score other weights)."""
+    from vlfss.modeling.adapt import adapt_checkpoints, adapt_head
+
+    specs = seg.build_specs(["x"], [_pairs(rng, 2)], seg.head_variant)
+    before = [p.detach().clone() for p in seg.head.parameters()]
+    marks = adapt_checkpoints(seg.head, specs, [], [0, 2, 5], lr=1e-3)
+    for k in (0, 2, 5):
+        direct = adapt_head(seg.head, specs, [], steps=k, lr=1e-3)
+        for a, b in zip(marks[k].parameters(), direct.parameters()):
+            assert torch.equal(a, b), k
+    assert not all(torch.equal(a, b) for a, b in zip(marks[2].parameters(), marks[5].parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, seg.head.parameters()))  # the original is untouched

@@ -74,29 +74,50 @@ def adapt_head(head: SegHead | None, specs: list[ClassSpec], negatives: list[tup
                steps: int, lr: float = 1e-4, weight_decay: float = 0.0) -> SegHead:
     """A fine-tuned COPY of ``head`` after ``steps`` Adam steps on the support set; the original is left
     untouched. With no support examples there is nothing to adapt on: the copy is returned unchanged."""
+    return adapt_checkpoints(head, specs, negatives, [steps], lr, weight_decay)[steps]
+
+
+def adapt_checkpoints(head: SegHead | None, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]] | None,
+                      steps: list[int], lr: float = 1e-4, weight_decay: float = 0.0) -> dict[int, SegHead]:
+    """Copies of ``head`` after each step count in ``steps``, taken along ONE Adam run (one optimiser state), so
+    the copy at 9 steps is exactly what ``adapt_head(..., steps=9)`` returns; the original is left untouched."""
     if head is None:
         raise ModelError("test-time adaptation needs a learned head; pass --head FILE or drop --adapt-steps")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise InputError(f"adapt steps must be a non-negative integer, got {steps!r}")
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise InputError(f"adapt steps must be a non-negative integer, got {s!r}")
     if not lr > 0:
         raise InputError(f"adaptation learning rate must be > 0, got {lr}")
     head = copy.deepcopy(head)
     for p in head.parameters():
         p.requires_grad_(True)
-    if steps == 0 or not any(s.supports for s in specs):
-        if steps:
+    want = sorted(set(steps))
+    if want[-1] == 0 or not any(s.supports for s in specs):
+        if want[-1]:
             log.info("no support examples: nothing to adapt on, using the head as is")
         head.eval()
-        return head
+        return dict.fromkeys(want, head)
+    out: dict[int, SegHead] = {}
+    if 0 in want:
+        out[0] = _frozen_copy(head)
     head.train()
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     priors = support_priors(head, specs, negatives)  # the same for every step
     with torch.enable_grad():
-        for step in range(steps):
+        for step in range(1, want[-1] + 1):
             loss = support_loss(head, specs, negatives, priors=priors)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            log.debug("adapt step %d: support loss %.4f", step + 1, loss.item())
+            log.debug("adapt step %d: support loss %.4f", step, loss.item())
+            if step in want and step != want[-1]:
+                out[step] = _frozen_copy(head)
     head.eval()
-    return head
+    out[want[-1]] = head
+    return out
+
+
+def _frozen_copy(head: SegHead) -> SegHead:
+    c = copy.deepcopy(head)
+    c.eval()
+    return c

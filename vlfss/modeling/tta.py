@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .adapt import adapt_head
+from .adapt import adapt_checkpoints, adapt_head
 from .head import SegHead
 from .types import ClassSpec, Encoded
 
@@ -74,11 +74,9 @@ def choose_steps(head: SegHead, specs: list[ClassSpec], negatives: list[tuple[En
     for f in range(n):
         train, held = _split(specs, f)
         totals[0] += held_out_iou(head, held, negatives)
-        done, adapted = 0, head
-        for s in candidates:  # continue the same run to each checkpoint
-            adapted = adapt_head(adapted, train, negatives, steps=s - done, lr=lr)
-            done = s
-            totals[s] += held_out_iou(adapted, held, negatives)
+        adapted = adapt_checkpoints(head, train, negatives, candidates, lr=lr)  # one run, copies at each count
+        for s in candidates:
+            totals[s] += held_out_iou(adapted[s], held, negatives)
     scores = {k: v / n for k, v in totals.items()}
     best = max(scores, key=lambda k: (scores[k], -k))
     if best == 0 or scores[best] - scores[0] <= margin:
