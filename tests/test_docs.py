@@ -179,8 +179,7 @@ def test_readme_commands_parse_and_every_subcommand_is_documented():
             args, extra = parser.parse_known_args(argv)
         except SystemExit:
             pytest.fail(f"the CLI rejects a documented command: {line}")
-        if not getattr(args, "raw_argv", False):
-            assert not extra, f"unrecognized arguments {extra} in a documented command: {line}"
+        assert not extra, f"unrecognized arguments {extra} in a documented command: {line}"
     documented = {shlex.split(c)[1] for c in _commands(readme)}
     assert documented >= names, f"subcommands missing from the README's examples: {sorted(names - documented)}"
     assert len(COMMANDS) == len(names)
