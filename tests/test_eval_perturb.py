@@ -2,47 +2,24 @@
 and supports corrupted on the same episodes; clean rows are unchanged; the table gives the drop from clean; resume
 adds a corruption without recomputing the rest; bad specs are one line, exit 2."""
 
+# ruff: noqa: F811  (pytest fixtures imported from test_evaluation are used as arguments)
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+
+# the evaluation tests' synthetic benchmark and segmenter factory (same scenes, same seeded random head)
+from test_evaluation import N_IMAGES, SIZE, bench, make_seg, synth_root  # noqa: E402, F401
 
 from vlfss.cache import content_hash
 from vlfss.cli import main
-from vlfss.data import build_benchmark
 from vlfss.data.episodes import EpisodeSampler, load_episode
 from vlfss.data.perturb import apply_episode, parse_perturbation, parse_perturbations
-from vlfss.data.synthetic_store import materialize_synthetic
 from vlfss.errors import InputError
 from vlfss.evaluation.harness import evaluate
 from vlfss.evaluation.report import markdown_table, read_jsonl, summarize
-from vlfss.modeling.head_file import new_head
-from vlfss.segmenter import Segmenter, SegmenterConfig
 
-N_IMAGES, SIZE = 120, 48
 KW = dict(folds=[0], shots=[0, 1], episodes=4, seeds=[0], progress=False)
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    materialize_synthetic(root, "test", N_IMAGES, 0, "hf", SIZE)
-    return root
-
-
-@pytest.fixture(scope="module")
-def bench(synth_root):
-    return build_benchmark("synthetic", synth_root, "test", 0, n_images=N_IMAGES, image_size=SIZE)
-
-
-@pytest.fixture()
-def make_seg(tiny_backbone):
-    def make() -> Segmenter:
-        torch.manual_seed(0)
-        return Segmenter(tiny_backbone, SegmenterConfig(templates="plain"), head=new_head(tiny_backbone))
-
-    return make
 
 
 def _numbers(row: dict) -> dict:
