@@ -5,6 +5,8 @@ adds a corruption without recomputing the rest; bad specs are one line, exit 2."
 # ruff: noqa: F811  (pytest fixtures imported from test_evaluation are used as arguments)
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,14 @@ def test_adapt_steps_reach_learned_rows_with_supports_only(make_seg, bench):
     assert adapted[0]["config_hash"] != plain.rows[0]["config_hash"]  # never resumed into a run without it
     with pytest.raises(InputError, match="adapt_steps"):
         evaluate(make_seg(), bench, adapt_steps=-1, **KW)
+
+
+def test_a_noisy_image_is_the_same_in_every_episode(bench):
+    """Noise follows the pixels, not the episode: an image shared by two episodes is one corrupted image (one
+    encode through the feature cache)."""
+    spec = EpisodeSampler(bench.dataset, bench.novel_classes(0), 1, 1, 0, 2).specs()
+    eps = [load_episode(bench.dataset, s) for s in spec]
+    noise = parse_perturbation("noise:12")
+    first = apply_episode(noise, eps[0]).query_image
+    again = apply_episode(noise, dataclasses.replace(eps[1], query_image=eps[0].query_image)).query_image
+    assert np.array_equal(first, again)

@@ -7,6 +7,7 @@ seed, so every row of an evaluation sees the same corrupted episodes. Specs are 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,12 +100,17 @@ def parse_perturbations(specs: Sequence[str]) -> tuple[Perturbation, ...]:
 def apply_episode(p: Perturbation, ep: Episode) -> Episode:
     """The episode with ``p`` applied to the query and every support alike (labels follow ``scale``).
 
-    Noise is seeded by the episode index and the image's place in it, so every row and every run sees the same
-    corrupted pixels."""
-    def img(image: np.ndarray, pos: int) -> np.ndarray:
-        return apply_image(p, image, seed=ep.index * 1009 + pos if ep.index >= 0 else pos)
+    Noise is seeded by the image's own pixels, so an image gets the same noise in every episode, row and run: a
+    support shared by many episodes is one corrupted image, encoded once through the feature cache."""
+    def img(image: np.ndarray) -> np.ndarray:
+        return apply_image(p, image, seed=pixel_seed(image) if p.kind == "noise" else 0)
 
     return dataclasses.replace(
-        ep, query_image=img(ep.query_image, 0), query_mask=apply_label(p, ep.query_mask),
-        support_images=[img(x, i + 1) for i, x in enumerate(ep.support_images)],
+        ep, query_image=img(ep.query_image), query_mask=apply_label(p, ep.query_mask),
+        support_images=[img(x) for x in ep.support_images],
         support_masks=[apply_label(p, m) for m in ep.support_masks])
+
+
+def pixel_seed(image: np.ndarray) -> int:
+    """A seed from an image's bytes (identical pixels, identical seed)."""
+    return int.from_bytes(hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()[:8], "little")
