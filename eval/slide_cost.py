@@ -26,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from vlfss.io_utils import atomic_write_text  # noqa: E402
 from vlfss.segmenter import build_segmenter  # noqa: E402
 
 CASES = {  # name -> (model, extra segmenter fields, large image (h, w))
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['model']:10s} {r['image']:>9s} {r['window']:>6d}/{r['stride']:<6d} {r['windows']:>7d} "
               f"{r['native_forward_ms']:>9.2f} {r['slide_ms']:>9.1f} {r['ratio_to_windows_x_forward']:>6.3f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        atomic_write_text(args.out, json.dumps(rows, indent=1))
     return 0
 
 
