@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+import torch.nn.functional as F
 
 from vlfss.modeling.refine import neighbours, pamr, refine_logits
 from vlfss.segmenter import Segmenter, SegmenterConfig
+
+
+def _reference_pamr(image, probs, iterations, dilations):
+    """The original stacked implementation (B x C x P x H x W copies of every neighbour), kept as the oracle."""
+    offsets = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+
+    def near(x):
+        pad, (h, w) = max(dilations), x.shape[-2:]
+        xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        return torch.stack([xp[..., pad + dy * d: pad + dy * d + h, pad + dx * d: pad + dx * d + w]
+                            for d in dilations for dy, dx in offsets], 2)
+
+    n = near(image)
+    std = torch.cat([n, image.unsqueeze(2)], 2).std(2, keepdim=True)
+    aff = (-(image.unsqueeze(2) - n).abs() / (1e-8 + 0.1 * std)).mean(1, keepdim=True).softmax(2)
+    out = probs
+    for _ in range(iterations):
+        out = (near(out) * aff).sum(2)
+    return out
 
 
 def _edge_case():
@@ -26,6 +47,25 @@ def test_pamr_keeps_probabilities_and_sharpens_toward_the_colour_edge():
     before_left, before_right = probs[0, 1, :, 6:10].mean(), probs[0, 1, :, 10:14].mean()
     assert right - left > before_right - before_left  # the step across the edge grew
     assert left < before_left and right > before_right
+
+
+@pytest.mark.parametrize("batch, size, classes, blocky", [
+    (1, (17, 11), 1, False),  # non-square, smaller than the largest dilation (24)
+    (1, (17, 11), 3, True),
+    (2, (40, 56), 3, False),
+    (1, (33, 30), 1, True),
+])
+def test_pamr_matches_the_stacked_reference(batch, size, classes, blocky):
+    g = torch.Generator().manual_seed(sum(size) + classes)
+    if blocky:  # flat patches of a few colours: zero local spread and exact ties between neighbours
+        img = F.interpolate(torch.randint(0, 3, (batch, 3, 5, 4), generator=g) / 2.0, size=size, mode="nearest")
+    else:
+        img = torch.rand(batch, 3, *size, generator=g)
+    probs = torch.randn(batch, classes, *size, generator=g).softmax(1)
+    dilations = [1, 2, 4, 8, 12, 24]
+    out = pamr(img, probs, iterations=10, dilations=dilations)
+    assert out.shape == probs.shape
+    assert torch.allclose(out, _reference_pamr(img, probs, 10, dilations), rtol=0, atol=1e-5)
 
 
 def test_neighbours_at_a_dilation_are_shifted_copies():
