@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from vlfss.config import load_config, to_dict
-from vlfss.engine.config import PretrainConfig, TrainConfig, check_config
+from vlfss.engine.config import PretrainConfig, RobustConfig, TrainConfig, check_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
@@ -20,7 +20,10 @@ IDENTITY_KEYS = frozenset({"data.fold"})
 
 
 def _cls(path: Path) -> type:
-    """The tiny-CLIP pretraining stages are PretrainConfig files; every other file is a TrainConfig."""
+    """The tiny-CLIP pretraining stages are PretrainConfig files, its robust distillation a RobustConfig file;
+    every other file is a TrainConfig."""
+    if path.stem == "tiny_clip_robust":
+        return RobustConfig
     return PretrainConfig if path.stem.startswith("tiny_clip") else TrainConfig
 
 

@@ -12,10 +12,10 @@ import os
 import sys
 
 from ..errors import VlfssError
-from . import app, bench, demo, label, models, pretrain, segment, train, tune_prompts
+from . import app, bench, demo, label, models, pretrain, robust, segment, train, tune_prompts
 from . import eval as eval_cmd
 
-COMMANDS = (segment, label, models, demo, eval_cmd, train, tune_prompts, pretrain, bench, app)
+COMMANDS = (segment, label, models, demo, eval_cmd, train, tune_prompts, pretrain, robust, bench, app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -205,3 +205,37 @@ class PretrainConfig:
     scalar_lr_mult: float = 10.0  # learning-rate multiplier for logit_scale and logit_bias
     threads: int = 2  # torch intra-op threads
     workers: int = 1  # scene-generating worker processes
+
+
+@dataclass
+class RobustConfig:
+    """Corruption-robust distillation of the tiny CLIP's image tower (``vlfss robust-clip``; ``vlfss.engine.robust``).
+
+    A student copy of the image tower learns to give, on a corrupted scene, the features the frozen teacher gives
+    on the clean scene (every block's tokens and the text-aligned tokens); the text tower is not touched."""
+
+    model: str = "vlfss-tiny-vit"  # open_clip config name (registered from vlfss/assets)
+    teacher_weights: str | None = None  # the teacher's weights (safetensors); None: the embedded vlfss-tiny weights
+    out_dir: str = "runs/tiny_clip_robust"  # checkpoints, log and final weights
+    seed: int = 0  # seeds the scene pool, the corruptions and the batches
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 32  # scenes per step
+    lr: float = 5e-5  # peak AdamW learning rate (the student starts at the teacher: small steps)
+    warmup: int = 100  # linear warm-up steps, then cosine decay to 5% of lr
+    pool_images: int = 4000  # scenes generated once (the pretraining stream's images) and re-corrupted every step
+    clean_fraction: float = 0.25  # share of each batch left clean (the student must keep the teacher's clean features)
+    blur: float = 0.5  # chance of a Gaussian blur, sigma uniform in (0, blur_sigma]
+    blur_sigma: float = 1.6
+    resample: float = 0.5  # chance of a rescale by a factor log-uniform in [resample_min, resample_max] (the
+    resample_min: float = 0.5  # encoder input is then resized back, as the segmenter does)
+    resample_max: float = 2.0
+    noise: float = 0.2  # chance of Gaussian sensor noise, sigma uniform in (0, noise_sigma] grey levels
+    noise_sigma: float = 15.0
+    jpeg: float = 0.5  # chance of JPEG compression, quality uniform in jpeg_quality..95
+    jpeg_quality: int = 15
+    w_tokens: float = 1.0  # weight of the final text-aligned tokens' loss (each block's tokens weigh 1)
+    bf16: str = "auto"  # autocast of the forward passes: auto (a CPU with bf16 units), fp32, bf16
+    checkpoint_every: int = 250  # steps between resumable checkpoints
+    eval_every: int = 500  # steps between held-out checks (zero-shot dense mIoU clean and under blur / rescale)
+    eval_images: int = 96  # held-out scenes for that check
+    threads: int = 2  # torch intra-op threads

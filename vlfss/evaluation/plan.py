@@ -102,7 +102,8 @@ def episode_lists(bench_of: Callable[[int], Benchmark], folds: list[int] | None,
 
 
 def plan_groups(lists: list[EpisodeList], plan_rows: list[RowSpec], old_rows: list[dict[str, Any]], chash: str,
-                digests: dict[int, str | None], perturbs: Sequence[str] = ()) -> tuple[list[Group], list[dict[str, Any]]]:
+                digests: dict[int, str | None], perturbs: Sequence[str] = ()
+                ) -> tuple[list[Group], list[dict[str, Any]]]:
     """The groups with the rows each still needs, and the old rows that belong to this run's table.
 
     Each (fold, seed) gives one clean group and one group per perturbation (same episodes, model rows only: the
