@@ -34,6 +34,7 @@ USAGE = {
     "PromptTuneConfig": "`vlfss tune-prompts` flags (`--n-ctx`, `--steps`, `--lr`, `--init`, `--anchor-weight`, "
                         "`--no-residual`, `--seed`), or `vlfss.tune_prompts(..., cfg=...)` in Python.",
     "PretrainConfig": "`vlfss pretrain-clip --config FILE [key=value ...]` (`configs/synthetic/tiny_clip*.yaml`).",
+    "RobustConfig": "`vlfss robust-clip --config FILE [key=value ...]` (`configs/synthetic/tiny_clip_robust.yaml`).",
     "SyntheticConfig": "Python: `generate_scene(seed, index, SyntheticConfig(...))`; the synthetic benchmark uses the "
                        "defaults but for `image_size` (`--bench-opt image_size=N`).",
 }
