@@ -29,9 +29,9 @@ def build_argv(args: argparse.Namespace) -> list[str]:
             "--model", args.model, "--out", str(args.work_dir)]
     argv += ["--overwrite"] if args.fresh else ["--resume"]
     head = args.head
-    if head is None and args.mode != "training-free" and args.model == "vlfss-tiny":
+    if head is None and args.mode != "training-free" and args.model in ("vlfss-tiny", "vlfss-tiny-robust"):
         # the protocol: fold i is scored with the head meta-trained on the other folds' classes
-        head = str(HERE.parent / "vlfss" / "assets" / "head-vlfss-tiny-fold{fold}.safetensors")
+        head = str(HERE.parent / "vlfss" / "assets" / f"head-{args.model}-fold{{fold}}.safetensors")
     for flag, val in (("--pretrained", args.pretrained), ("--head", head), ("--templates", args.templates),
                       ("--data-root", args.data_root)):
         if val is not None:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="vlfss-tiny")
     ap.add_argument("--pretrained", default=None, help="weights file (default: the embedded ones)")
     ap.add_argument("--head", default=None, help="learned head, {fold} for one per fold (default for vlfss-tiny: "
-                    "the shipped per-fold heads, vlfss/assets/head-vlfss-tiny-fold{fold}.safetensors)")
+                    "the shipped per-fold heads, vlfss/assets/head-<model>-fold{fold}.safetensors)")
     ap.add_argument("--templates", default=None, help="template set name or file (default: the model's own; "
                     "the tiny CLIP's is `synthetic`, its captions' phrasings)")
     ap.add_argument("--data-root", default=None, help="synthetic cache root (default: the vlfss cache)")

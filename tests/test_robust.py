@@ -98,3 +98,53 @@ def test_runs_resumes_and_exports_a_drop_in_weights_file(tmp_path):
     direct = load_file(str(export_weights(_cfg(tmp_path), tmp_path / "x.safetensors")))
     assert all(torch.equal(load_file(str(dest))[k], direct[k]) for k in direct)
     assert main(["robust-clip", "--export", str(dest), f"out_dir={tmp_path / 'empty'}"]) == 2
+
+
+def test_the_robust_model_shares_the_text_tower_and_has_its_own_image_tower_and_heads():
+    """``vlfss-tiny-robust``: the embedded text tower, the distilled image tower, heads trained on it."""
+    from vlfss.modeling.backbones import build_backbone
+    from vlfss.modeling.head_file import default_head_path, load_head
+
+    base, robust = build_backbone("vlfss-tiny"), build_backbone("vlfss-tiny-robust")
+    assert robust.model_id.startswith("vlfss-tiny-robust@") and robust.model_id != base.model_id
+    assert torch.equal(robust.encode_text(["stripes"]), base.encode_text(["stripes"]))
+    x = torch.zeros(1, 3, 96, 96)
+    assert not torch.allclose(robust.dense(x).z, base.dense(x).z)
+    for name in ["vlfss-tiny-robust"] + [f"vlfss-tiny-robust-fold{i}" for i in range(4)]:
+        load_head(default_head_path(name), robust)  # trained on this backbone: accepted
+    with pytest.raises(Exception, match="was trained on"):
+        load_head(default_head_path("vlfss-tiny"), robust)
+
+
+def test_a_broken_image_tower_file_is_one_clear_error(tmp_path):
+    from vlfss.errors import ModelError
+    from vlfss.modeling.backbones.tiny import TinyCLIPBackbone
+
+    bad = tmp_path / "visual.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="image tower weights .* do not load"):
+        TinyCLIPBackbone(str(TINY_WEIGHTS), visual=str(bad))
+
+
+def test_rebind_heads_moves_a_head_to_a_new_id_and_refuses_another_backbones(tiny_backbone, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from vlfss.modeling.head_file import new_head, read_head_file, save_head
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_rebind_heads", Path(__file__).resolve().parent.parent / "eval" / "rebind_heads.py")
+    rb = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = rb
+    spec.loader.exec_module(rb)
+    path = save_head(new_head(tiny_backbone), tmp_path / "head.safetensors", "old-id", "plain")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert rb.main(["--from", "old-id", "--to", "new-id", "--out", str(out), str(path)]) == 0
+    meta, state = read_head_file(out / "head.safetensors")
+    _, before = read_head_file(path)
+    assert meta["backbone"] == "new-id" and meta["rebound_from"] == "old-id"
+    assert all(torch.equal(state[k], before[k]) for k in before)
+    assert rb.main(["--from", "other-id", "--to", "new-id", str(path)]) == 2  # trained on another backbone
+    assert read_head_file(path)[0]["backbone"] == "old-id"  # and left as it was

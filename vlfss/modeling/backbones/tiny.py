@@ -18,6 +18,9 @@ import re
 import warnings
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from ...data.synthetic import CLASS_NAMES, class_words
 from ...errors import ModelError
 from ..config import ModelDefaults
@@ -28,6 +31,8 @@ from .weights import RANDOM, weights_id
 
 TINY_MODEL = "vlfss-tiny-vit"  # the open_clip config name (vlfss/assets/vlfss-tiny-vit.json)
 TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
+# vlfss-tiny-robust: the embedded weights with this image tower (vlfss robust-clip; docs/tiny-clip.md)
+ROBUST_VISUAL = ASSETS / "vlfss-tiny-robust-visual.safetensors"
 WEIGHTS_ENV = "VLFSS_TINY_WEIGHTS"  # overrides the embedded weights file (tests, re-trained copies)
 REAL_CLIP_HINT = "--model ViT-B-16 --pretrained openai (Python: build_segmenter('ViT-B-16', pretrained='openai'))"
 
@@ -68,9 +73,12 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
     """The tiny CLIP: an open_clip ViT that warns when asked for text outside the synthetic world."""
 
     def __init__(self, weights: str, cache_dir: str | None = None, taps: tuple[int, ...] | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", visual: str | None = None, name: str = "vlfss-tiny") -> None:
         super().__init__(TINY_MODEL, weights, cache_dir=cache_dir, taps=taps, device=device)
-        self.model_id = f"vlfss-tiny@{weights_id(weights)}"
+        self.model_id = f"{name}@{weights_id(weights)}"
+        if visual is not None:  # another image tower over the same text tower (the robust distillation's)
+            load_visual(self.model.visual, visual)
+            self.model_id += f"+{weights_id(visual)}"
         self._checked: set[str] = set()
 
     def check_texts(self, texts: list[str]) -> None:
@@ -111,6 +119,17 @@ def tiny_weights(pretrained: str | None) -> str:
     return str(TINY_WEIGHTS)
 
 
+def load_visual(visual: torch.nn.Module, path: str | Path) -> None:
+    """Load an image tower's weights (keys without the ``visual.`` prefix, or with it) in place, strictly."""
+    try:
+        state = {k.removeprefix("visual."): v.float() for k, v in load_file(str(path)).items()}
+        visual.load_state_dict(state)
+    except Exception as e:  # a missing file, not safetensors, or another architecture
+        first = (str(e).strip().splitlines() or [""])[-1][:160]
+        raise ModelError(f"image tower weights {path} do not load into {TINY_MODEL}'s image tower "
+                         f"({type(e).__name__}: {first}); reinstall vlfss or re-export them") from None
+
+
 def tiny_defaults(backbone: TinyCLIPBackbone, defaults: ModelDefaults) -> ModelDefaults:
     """TINY_DEFAULTS, except that custom taps move tap 0 off block 1: prototypes then use z instead."""
     if backbone.taps and backbone.taps[0] == 1:
@@ -124,3 +143,14 @@ def build_tiny(pretrained: str | None = None, cache_dir: str | None = None, devi
                taps: tuple[int, ...] | None = None) -> TinyCLIPBackbone:
     """The tiny CLIP with the weights ``tiny_weights`` picks."""
     return TinyCLIPBackbone(tiny_weights(pretrained), cache_dir=cache_dir, taps=taps, device=device)
+
+
+@register_backbone("vlfss-tiny-robust", "vlfss-tiny with an image tower distilled to resist blur, JPEG and "
+                   "rescaling (vlfss robust-clip); embedded, offline; its own heads", TINY_DEFAULTS, tiny_defaults)
+def build_tiny_robust(pretrained: str | None = None, cache_dir: str | None = None, device: str = "cpu",
+                      taps: tuple[int, ...] | None = None) -> TinyCLIPBackbone:
+    """The tiny CLIP's text tower (``tiny_weights`` picks the file) with the robust image tower shipped beside it."""
+    if not ROBUST_VISUAL.is_file():
+        raise ModelError(f"the robust image tower {ROBUST_VISUAL} is missing from this installation; reinstall vlfss")
+    return TinyCLIPBackbone(tiny_weights(pretrained), cache_dir=cache_dir, taps=taps, device=device,
+                            visual=str(ROBUST_VISUAL), name="vlfss-tiny-robust")
