@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlfss.modeling.refine import neighbours, pamr, refine_logits
+from vlfss.modeling.refine import keep_areas, neighbours, pamr, refine_logits
 from vlfss.segmenter import Segmenter, SegmenterConfig
 
 
@@ -93,3 +93,47 @@ def test_large_images_are_refined_at_a_capped_size():
     out = refine_logits(img, logits, iterations=2, dilations=[1, 2, 4, 8, 12, 24], max_side=128)
     assert out.shape == (2, 40, 700)
     assert torch.allclose(out.exp().sum(0), torch.ones(40, 700), atol=1e-4)
+
+
+def _underconfident_square(seed: int = 0):
+    """A flat square on another colour, and 2-class logits whose foreground probability is about 0.46 on the
+    square (noisy: ~40% of it above 0.5) and 0.1 around it: the demo scene's failure in miniature."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.zeros(3, 48, 48)
+    img[0] = 0.8
+    img[:, 12:36, 12:36] = torch.tensor([0.1, 0.6, 0.3]).view(3, 1, 1)
+    inside = torch.zeros(48, 48, dtype=torch.bool)
+    inside[12:36, 12:36] = True
+    p = torch.where(inside, 0.46 + 0.15 * torch.randn(48, 48, generator=g), torch.full((48, 48), 0.1)).clamp(0.01, 0.99)
+    return img, torch.stack([torch.log(1 - p), torch.log(p)]), inside
+
+
+def test_keep_areas_keeps_the_count_and_follows_the_refined_ranking():
+    img, logits, inside = _underconfident_square()
+    refined = refine_logits(img, logits, iterations=10, dilations=[1, 2, 4, 8, 12, 24], max_side=512)
+    before = int((logits.argmax(0) == 1).sum())
+    assert int((refined.argmax(0) == 1).sum()) < 0.5 * before  # plain PAMR erodes the under-confident square
+    kept = keep_areas(logits, refined)
+    fg = kept.argmax(0) == 1
+    assert int(fg.sum()) == before  # as many pixels as before refinement
+    assert (fg & inside).sum() >= (logits.argmax(0).bool() & inside).sum()  # and more of them on the square
+    assert torch.allclose(kept.exp().sum(0), torch.ones(48, 48), atol=1e-5)  # still probabilities
+
+
+def test_keep_areas_with_three_classes_and_an_absent_class():
+    g = torch.Generator().manual_seed(1)
+    before = torch.randn(3, 30, 30, generator=g)
+    before[2] -= 10  # class 2 wins nowhere
+    after = torch.log_softmax(before + 0.8 * torch.randn(3, 30, 30, generator=g), 0)
+    target = torch.bincount(before.argmax(0).flatten(), minlength=3)
+    got = torch.bincount(keep_areas(before, after).argmax(0).flatten(), minlength=3)
+    assert got[2] == 0 and (got - target).abs().max() <= 0.02 * 900
+
+
+def test_pamr_area_in_the_segmenter(tiny_backbone):
+    rng = np.random.default_rng(0)
+    q = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    out = {r: Segmenter(tiny_backbone, SegmenterConfig(templates="plain", refine=r, mode="training-free")).segment(
+        q, texts=["stripes"]) for r in ("none", "pamr-area")}
+    assert out["pamr-area"].labels.shape == (40, 56)
+    assert int(out["pamr-area"].labels.sum()) == int(out["none"].labels.sum())  # the unrefined area, moved

@@ -340,11 +340,12 @@ class Segmenter(nn.Module):
                 for img, f in zip(imgs, fg)]
 
     def refine_logits(self, image: np.ndarray, logits: Tensor) -> Tensor:
-        """(N+1) x H x W logits of ``image`` after the configured refinement (PAMR, or none)."""
-        if self.cfg.refine != "pamr":
+        """(N+1) x H x W logits of ``image`` after the configured refinement (none, PAMR, or PAMR keeping areas)."""
+        if self.cfg.refine == "none":
             return logits
-        return refine.refine_logits(_rgb01(image), logits, self.cfg.refine_iterations,
-                                    list(self.cfg.refine_dilations), self.cfg.refine_max_side)
+        out = refine.refine_logits(_rgb01(image), logits, self.cfg.refine_iterations,
+                                   list(self.cfg.refine_dilations), self.cfg.refine_max_side)
+        return refine.keep_areas(logits, out) if self.cfg.refine == "pamr-area" else out
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,
