@@ -87,3 +87,11 @@ def class_request(args: argparse.Namespace, seg) -> dict:
     negatives = [tuple(n) for n in (args.negative or [])] + list(args.negative_text or [])
     return {"texts": texts if any(texts) else None, "supports": supports if any(supports) else None,
             "negatives": negatives or None}
+
+
+def add_weights_run_args(p: argparse.ArgumentParser, config_class: str, export_help: str) -> None:
+    """The arguments of a command that trains model weights from a YAML config (pretrain-clip, robust-clip)."""
+    p.add_argument("--config", default=None, help=f"YAML config (keys of vlfss.engine.config.{config_class})")
+    p.add_argument("--restart", action="store_true", help="delete the checkpoints in out_dir and start over")
+    p.add_argument("--export", default=None, metavar="FILE", help=export_help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=600")

@@ -6,15 +6,13 @@ import argparse
 
 from ..config import load_config
 from ..engine.config import PretrainConfig
+from .common import add_weights_run_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain-clip", help="train the tiny CLIP on the synthetic world (captions only)")
-    p.add_argument("--config", default=None, help="YAML config (keys of vlfss.engine.config.PretrainConfig)")
-    p.add_argument("--restart", action="store_true", help="delete the checkpoints in out_dir and start over")
-    p.add_argument("--export", default=None, metavar="FILE", help="only write out_dir's last checkpoint as fp16 "
-                   "safetensors to FILE (e.g. vlfss/assets/vlfss-tiny-vit.safetensors)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=600")
+    add_weights_run_args(p, "PretrainConfig", "only write out_dir's last checkpoint as fp16 safetensors to FILE "
+                         "(e.g. vlfss/assets/vlfss-tiny-vit.safetensors)")
     p.set_defaults(func=run)
 
 

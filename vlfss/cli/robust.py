@@ -6,16 +6,14 @@ import argparse
 
 from ..config import load_config
 from ..engine.config import RobustConfig
+from .common import add_weights_run_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("robust-clip", help="distil the tiny CLIP's image tower on corrupted scenes "
                        "(features of the clean scene as targets)")
-    p.add_argument("--config", default=None, help="YAML config (keys of vlfss.engine.config.RobustConfig)")
-    p.add_argument("--restart", action="store_true", help="delete the checkpoints in out_dir and start over")
-    p.add_argument("--export", default=None, metavar="FILE", help="only write out_dir's last checkpoint (with the "
-                   "teacher's text tower) as fp16 safetensors to FILE")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. steps=600")
+    add_weights_run_args(p, "RobustConfig", "only write out_dir's last checkpoint (with the teacher's text tower) "
+                         "as fp16 safetensors to FILE")
     p.set_defaults(func=run)
 
 

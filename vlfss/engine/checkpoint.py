@@ -113,6 +113,14 @@ def save_checkpoint(out_dir: str | Path, step: int, tensors: dict[str, Tensor], 
     return weights
 
 
+def save_if_due(out_dir: str | Path, step: int, steps: int, every: int, tensors: dict[str, Tensor],
+                meta: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    """After ``step`` of ``steps`` optimiser steps: a checkpoint (optimiser and RNG state included) every ``every``
+    steps and at the last one."""
+    if step % every == 0 or step == steps:
+        save_checkpoint(out_dir, step, tensors, meta, {"optimizer": optimizer.state_dict(), **rng_state()})
+
+
 def has_checkpoint(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds a checkpoint pointer (a run to resume or to overwrite)."""
     return (Path(out_dir) / POINTER).is_file()

@@ -293,9 +293,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True) -> Path:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 log.info("%s", rec)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                ck.save_checkpoint(out, step + 1, model.state_dict(), meta,
-                                   {"optimizer": opt.state_dict(), **ck.rng_state()})
+            ck.save_if_due(out, step + 1, cfg.steps, cfg.checkpoint_every, model.state_dict(), meta, opt)
     final = export_weights(out, out / f"{cfg.model}.safetensors")
     atomic_write_text(out / "final.json", json.dumps({"steps": cfg.steps, "seed": cfg.seed,
                                                       "wall_s": round(time.time() - t0, 1)}))
