@@ -137,3 +137,17 @@ def test_pamr_area_in_the_segmenter(tiny_backbone):
         q, texts=["stripes"]) for r in ("none", "pamr-area")}
     assert out["pamr-area"].labels.shape == (40, 56)
     assert int(out["pamr-area"].labels.sum()) == int(out["none"].labels.sum())  # the unrefined area, moved
+
+
+def test_refine_unset_takes_the_models_default(tiny_backbone, monkeypatch):
+    """Refinement is on where it was measured (the embedded model), off elsewhere; an explicit value wins."""
+    import dataclasses
+
+    from vlfss.modeling.backbones import build_backbone
+
+    assert Segmenter(tiny_backbone, SegmenterConfig(templates="plain")).cfg.refine == "none"  # a generic model
+    monkeypatch.setattr(tiny_backbone, "defaults", dataclasses.replace(tiny_backbone.defaults, refine="pamr-area"))
+    assert Segmenter(tiny_backbone, SegmenterConfig(templates="plain")).cfg.refine == "pamr-area"
+    assert Segmenter(tiny_backbone, SegmenterConfig(templates="plain", refine="none")).cfg.refine == "none"
+    assert build_backbone("vlfss-tiny").defaults.refine == "pamr-area"
+    assert build_backbone("vlfss-tiny-robust").defaults.refine == "none"  # its tables were measured unrefined

@@ -78,6 +78,8 @@ class Segmenter(nn.Module):
             tfc = dataclasses.replace(self.cfg.training_free,
                                       proto_features=defaults.proto_features)
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
+        if self.cfg.refine is None:  # the model's refinement, resolved visibly in cfg (and so in the config hash)
+            self.cfg = dataclasses.replace(self.cfg, refine=defaults.refine)
         tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or defaults.templates

@@ -16,12 +16,13 @@ Inference = Literal["auto", "resize", "slide", "multiscale"]
 @dataclass(frozen=True)
 class ModelDefaults:
     """A model's own defaults, data on its registry entry (like timm's ``pretrained_cfg``). The segmenter's
-    ``None`` fields (``variant``, ``templates``, ``training_free.proto_features``) resolve to these, in one place:
-    ``Segmenter.__init__``."""
+    ``None`` fields (``variant``, ``templates``, ``refine``, ``training_free.proto_features``) resolve to these, in
+    one place: ``Segmenter.__init__``."""
 
     variant: str = "clearclip"  # dense last-block variant giving text-aligned patch embeddings (real CLIP weights)
     templates: str = "default"  # template set its class names are wrapped in
     proto_features: str = "z"  # features prototypes match on: "z" (text-aligned) or "tap<i>" (encoder tap i)
+    refine: str = "none"  # mask refinement (SegmenterConfig.refine) where it was measured to pay, else none
 
 
 @dataclass
@@ -91,10 +92,11 @@ class SegmenterConfig:
     slide_short_side: int | None = None  # slide: resize the short side to this first (SCLIP: 336); None: native
     auto_slide_factor: float = 2.0  # auto: slide when the long side >= this many windows
     scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # multiscale: input sizes x these
-    refine: Literal["none", "pamr", "pamr-area"] = "pamr-area"  # mask refinement on the image at its original size:
+    refine: Literal["none", "pamr", "pamr-area"] | None = None  # mask refinement on the image at its original size:
     # pamr propagates probabilities along similar colours (PAMR); pamr-area then keeps each class's pixel count from
-    # before the refinement, so an under-confident mask is moved, not eroded: every mIoU cell of the 1000-episode
-    # table rises (docs/inference.md, "Mask refinement"); none: the patch-level logits upsampled
+    # before the refinement, so an under-confident mask is moved, not eroded; none: the patch-level logits upsampled;
+    # None: the model's default (vlfss-tiny: pamr-area, +3.6..+7.8 mIoU in every cell of the 1000-episode table,
+    # docs/inference.md "Mask refinement"; models where it was not measured: none)
     refine_iterations: int = 10  # pamr: propagation steps
     refine_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 12, 24])  # pamr: neighbourhood rings
     refine_max_side: int = 512  # pamr: larger images are refined at this long side and the result upsampled
