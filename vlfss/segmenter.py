@@ -35,13 +35,10 @@ from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
 from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
+from .request_args import NegativesArg, Support, SupportsArg, TextsArg, load_images, normalise_supports
 
 log = logging.getLogger(__name__)
 
-Support = tuple[ImageLike, ImageLike]  # an (image, mask) example
-TextsArg = Sequence[str | None] | str | None  # one name / prompt per class (None: a class given by examples only)
-SupportsArg = Sequence[Support] | Sequence[Sequence[Support]] | None  # one class's pairs, or one list per class
-NegativesArg = Sequence[Support | str] | None  # (image, mask) pairs and/or names of what NOT to segment
 
 
 @dataclass
@@ -231,7 +228,7 @@ class Segmenter(nn.Module):
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts) if texts is not None else []
-        sup = _normalise_supports(supports, len(texts))
+        sup = normalise_supports(supports, len(texts))
         n = max(len(texts), len(sup))
         if n == 0:
             raise InputError("nothing to segment: give --text and/or --support examples")
@@ -330,7 +327,7 @@ class Segmenter(nn.Module):
 
     def predict(self, images: Sequence[ImageLike], request: Request) -> list[SegmentationOutput]:
         """Segment images (encoded in batches, through the feature cache) with a prepared request."""
-        imgs = _load_images(images)
+        imgs = load_images(images)
         if self.cfg.inference != "multiscale":
             fg = [self.logits(q, request) for q in self.encode(imgs, request.variant)]
         else:  # per-class log-odds averaged over scales at each image's own size
@@ -360,7 +357,7 @@ class Segmenter(nn.Module):
         head on the support set before predicting (test-time adaptation).
         """
         single = not isinstance(images, (list, tuple))
-        imgs = _load_images([images] if single else images)  # bad images fail before any work
+        imgs = load_images([images] if single else images)  # bad images fail before any work
         outs = self.predict(imgs, self.prepare(texts, supports, negatives, mode, adapt_steps))
         return outs[0] if single else outs
 
@@ -370,29 +367,9 @@ def _rgb01(image: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
 
 
-def _load_images(images: Sequence[ImageLike]) -> list[np.ndarray]:
-    """Decode every image (RGB uint8), named in errors by its path or its position."""
-    return [load_image(x, str(x) if isinstance(x, (str, Path)) else f"image {i + 1}") for i, x in enumerate(images)]
-
-
 def up(fg: Tensor, size: tuple[int, int]) -> Tensor:
     """Per-class log-odds N x h x w -> N x H x W, bilinear (the image's own size)."""
     return F.interpolate(fg.unsqueeze(0), size=size, mode="bilinear", align_corners=False)[0]
-
-
-def _normalise_supports(supports: SupportsArg, n_texts: int) -> list[list[Support]]:
-    """Accept None, [(img, mask), ...] (one class) or [[(img, mask), ...], ...] (one list per class)."""
-    if supports is None:
-        return []
-    if not isinstance(supports, (list, tuple)):
-        raise InputError("supports must be a list of (image, mask) pairs, or one such list per class")
-    if len(supports) == 0:
-        return []
-    first = supports[0]
-    is_pair = isinstance(first, tuple) and len(first) == 2 and not isinstance(first[0], (list, tuple))
-    if is_pair and n_texts <= 1:
-        return [list(supports)]
-    return [list(s) for s in supports]
 
 
 def build_segmenter(model: str = "vlfss-tiny", **kwargs: Any) -> Segmenter:
