@@ -112,13 +112,14 @@ def distill_loss(student: list[Tensor], teacher: list[Tensor], w_tokens: float) 
 
 # ------------------------------------------------------------------------------------------ the check
 @torch.no_grad()
-def dense_text_miou(model, tokenizer, scenes: list, transform: Callable[[np.ndarray], np.ndarray] | None) -> float:
-    """Class-wise mIoU of zero-shot dense labelling (patch logit > 0 is foreground) of ``scenes``, each image passed
-    through ``transform`` first and resized back to its size."""
+def dense_text_miou(visual, model, text: Tensor, scenes: list,
+                    transform: Callable[[np.ndarray], np.ndarray] | None) -> float:
+    """Class-wise mIoU of zero-shot dense labelling (patch logit > 0 is foreground) of ``scenes`` by the image tower
+    ``visual`` against the class-name embeddings ``text`` (C x D, normalised; ``model`` gives the logit scale and
+    bias), each image passed through ``transform`` first and resized back to its size."""
     size = scenes[0].image.shape[:2]
     x = torch.stack([to_input(transform(s.image) if transform else s.image, size) for s in scenes])
-    z = F.normalize(vit_dense(_vit_parts(model.visual), x, "plain").z, dim=1)  # B x D x h x w
-    text = F.normalize(model.encode_text(tokenizer(list(CLASS_NAMES))), dim=-1)
+    z = F.normalize(vit_dense(_vit_parts(visual), x, "plain").z, dim=1)  # B x D x h x w
     logits = model.logit_scale.exp() * torch.einsum("bdhw,cd->bchw", z, text) + model.logit_bias
     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     best, idx = logits.max(1)
@@ -129,10 +130,13 @@ def dense_text_miou(model, tokenizer, scenes: list, transform: Callable[[np.ndar
     return float(np.mean(ious))
 
 
-def held_out_check(model, tokenizer, seed: int, n: int) -> dict[str, float]:
-    """Zero-shot dense mIoU on ``n`` held-out scenes, clean and under each of ``CHECKS``' corruptions."""
+@torch.no_grad()
+def held_out_check(visual, model, tokenizer, seed: int, n: int) -> dict[str, float]:
+    """Zero-shot dense mIoU of the image tower ``visual`` (with ``model``'s frozen text tower) on ``n`` held-out
+    scenes, clean and under each of ``CHECKS``' corruptions; the class names are encoded once."""
     scenes = [generate_scene(seed + 1, i, SyntheticConfig()) for i in range(n)]
-    return {name: round(dense_text_miou(model, tokenizer, scenes, None if p is None else
+    text = F.normalize(model.encode_text(tokenizer(list(CLASS_NAMES))), dim=-1)
+    return {name: round(dense_text_miou(visual, model, text, scenes, None if p is None else
                                         (lambda im, p=p: apply_image(p, im, seed=0))), 4)
             for name, p in CHECKS.items()}
 
@@ -176,6 +180,7 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
         raise ConfigError("clean_fraction must be in [0, 1] and batch_size, steps at least 1")
     if not 0 < cfg.resample_min <= cfg.resample_max or not 1 <= cfg.jpeg_quality <= 95:
         raise ConfigError("need 0 < resample_min <= resample_max and jpeg_quality in 1..95")
+    bf16 = _use_bf16(cfg)  # a bad value fails before any work
     torch.set_num_threads(cfg.threads)
     out = ck.check_output_dir(cfg.out_dir)
     if not resume:
@@ -196,11 +201,11 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
                      for i in range(cfg.pool_images)])
     log.info("scene pool: %d images in %.0f s", len(pool), time.time() - t0)
     tparts, sparts = _vit_parts(teacher.visual), _vit_parts(student)
-    bf16 = _use_bf16(cfg)
     meta = {"kind": FORMAT, "backbone": cfg.model, "config": to_dict(cfg)}
     with open(out / "log.jsonl", "a") as logf:
         if start == 0:
-            rec = {"step": 0, "bf16": bf16, **held_out_check(teacher, tokenizer, cfg.seed, cfg.eval_images)}
+            rec = {"step": 0, "bf16": bf16, **held_out_check(teacher.visual, teacher, tokenizer, cfg.seed,
+                                                              cfg.eval_images)}
             logf.write(json.dumps(rec) + "\n")
             log.info("%s", rec)
         for step in range(start, cfg.steps):
@@ -218,7 +223,7 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
             rec = {"step": step + 1, "loss": round(loss.item(), 4), "levels": [round(p, 4) for p in parts],
                    "lr": _lr(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                rec.update(held_out_check(_with_tower(teacher, student), tokenizer, cfg.seed, cfg.eval_images))
+                rec.update(held_out_check(student, teacher, tokenizer, cfg.seed, cfg.eval_images))
             if (step + 1) % 10 == 0 or "clean" in rec:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
@@ -228,13 +233,6 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
     atomic_write_text(out / "final.json", json.dumps({"steps": cfg.steps, "seed": cfg.seed,
                                                       "wall_s": round(time.time() - t0, 1)}))
     return final
-
-
-def _with_tower(teacher, student):
-    """A shallow copy of the teacher CLIP whose image tower is ``student`` (for the held-out check)."""
-    model = copy.copy(teacher)
-    model._modules = dict(teacher._modules, visual=student)
-    return model
 
 
 def export_weights(cfg: RobustConfig, dest: str | Path) -> Path:

@@ -102,7 +102,6 @@ def refine_logits(image: Tensor, logits: Tensor, iterations: int, dilations: lis
     return probs[0].clamp_min(1e-8).log()
 
 
-
 def keep_areas(before: Tensor, after: Tensor, iterations: int = 30) -> Tensor:
     """Refined (N+1) x H x W log-probabilities ``after`` with one offset per class, chosen so that each class wins
     as many pixels as it did in ``before`` (the unrefined logits): where the pixels are follows the refinement, how
@@ -110,8 +109,8 @@ def keep_areas(before: Tensor, after: Tensor, iterations: int = 30) -> Tensor:
 
     Why: PAMR averages a class's probability over similar-coloured neighbours. An under-confident mask (a mean
     foreground probability of 0.46 over the object, 42% of it above 0.5) comes out uniformly just under 0.5 and is
-    lost. Two classes get the exact threshold (a quantile of the refined margin); more classes get ``iterations``
-    multiplicative corrections of the offsets toward the target counts.
+    lost. Two classes get the exact threshold (a quantile of the refined margin); more classes get up to
+    ``iterations`` corrections of the log offsets toward the target counts.
     """
     k = before.shape[0]
     target = torch.bincount(before.argmax(0).flatten(), minlength=k).float()
@@ -129,5 +128,7 @@ def keep_areas(before: Tensor, after: Tensor, iterations: int = 30) -> Tensor:
     else:
         for _ in range(iterations):
             got = torch.bincount((after + offset).argmax(0).flatten(), minlength=k).float()
+            if torch.equal(got, target):
+                break
             offset += 0.5 * (torch.log(target + 1) - torch.log(got + 1)).view(k, 1, 1)
     return torch.log_softmax(after + offset, 0)
