@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +24,12 @@ from .cache import FeatureCache, content_hash
 from .config import from_dict
 from .data.image import ImageLike, load_image, load_mask
 from .errors import InputError, ModelError
+from .modeling import calibrate, refine, slide
 from .modeling import functional as fn
-from .modeling import refine, slide
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
-from .modeling.config import Mode, SegmenterConfig
+from .modeling.config import REFINES, Mode, SegmenterConfig
 from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
@@ -53,6 +53,8 @@ class Request:
     head: SegHead | None  # the learned head (a test-time adapted copy with adapt_steps), None in training-free mode
     state: tf.SupportState | None  # the supports' scoring state (None when the head needs no prior)
     head_support: SupportSide | None = None  # the head's class-side work (support maps, fusion keys), learned mode
+    offsets: Tensor | None = None  # N per-class log-odds offsets (calibrate="supports", >= 2 supports), or None
+    refine: str | None = None  # the refinement the supports chose (None: the configured one)
 
     @property
     def class_names(self) -> list[str]:
@@ -78,6 +80,13 @@ class Segmenter(nn.Module):
         if self.cfg.refine is None:  # the model's refinement, resolved visibly in cfg (and so in the config hash)
             self.cfg = dataclasses.replace(self.cfg, refine=defaults.refine)
         tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
+        if not 0 <= self.cfg.calibrate_shrink <= 1:
+            raise InputError(f"calibrate_shrink={self.cfg.calibrate_shrink}: use a fraction in [0, 1] "
+                             "(0 keeps the fixed threshold, 1 applies the supports' offset in full)")
+        bad = [r for r in self.cfg.calibrate_refine if r not in REFINES]
+        if bad:
+            raise InputError(f"calibrate_refine={list(self.cfg.calibrate_refine)}: {bad[0]!r} is not a refinement; "
+                             f"use any of {', '.join(REFINES)}")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or defaults.templates
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -300,8 +309,35 @@ class Segmenter(nn.Module):
                 head, _ = adapt_validated(head, specs, negs, adapt_steps, self.cfg.adapt_lr)
             else:
                 head = adapt_head(head, specs, negs, steps=adapt_steps, lr=self.cfg.adapt_lr)
+        request = self._request(mode, variant, specs, negs, neg_text, head)
+        if self.cfg.calibrate == "supports":
+            with torch.no_grad():
+                self._calibrate(request)
+        return request
+
+    def _calibrate(self, request: Request) -> None:
+        """Set ``request.offsets`` and ``request.refine`` from leave-one-out on its supports (>= 2 per class)."""
+        def scorer_for(rest: list[ClassSpec]) -> Callable[[Encoded], Tensor]:
+            sub = self._request(request.mode, request.variant, rest, request.negatives, request.neg_text, request.head)
+            return lambda query: self.logits(query, sub)
+
+        mean = torch.tensor(self.backbone.mean)[:, None, None]
+        std = torch.tensor(self.backbone.std)[:, None, None]
+        cands = self.cfg.calibrate_refine if self.cfg.refine in self.cfg.calibrate_refine else [self.cfg.refine]
+        refiners = {m: (lambda img, lg, m=m: self._refine(img, lg, m)) for m in dict.fromkeys(cands)}
+        cal = calibrate.calibrate(scorer_for, request.specs, lambda e: (e.rgb.cpu() * std + mean).clamp(0, 1),
+                                  refiners, self.cfg.refine, self.cfg.calibrate_shrink)
+        if cal is not None:
+            request.offsets, request.refine = cal.offsets, cal.refine
+            log.info("calibrated on the supports: offsets %s, refine %s (held-out IoU %s)",
+                     [round(float(o), 3) for o in cal.offsets], cal.refine,
+                     {k: round(v, 3) for k, v in cal.scores.items()})
+
+    def _request(self, mode: str, variant: str, specs: list[ClassSpec], negs: list[tuple[Encoded, Tensor]],
+                 neg_text: Tensor | None, head: SegHead | None) -> Request:
+        """A request with the supports' side of the scoring done, once for all the query images."""
         state = head_support = None
-        with torch.no_grad():  # the supports' side of the scoring, once for all the query images
+        with torch.no_grad():
             if head is None:
                 state = tf.support_state(specs, negs, self.cfg.training_free)
             else:
@@ -312,6 +348,10 @@ class Segmenter(nn.Module):
 
     def logits(self, query: Encoded, request: Request) -> Tensor:
         """Per-class foreground log-odds N x H x W of one encoded query at its original size."""
+        fg = self._logits(query, request)
+        return fg if request.offsets is None else fg + request.offsets.to(fg)[:, None, None]
+
+    def _logits(self, query: Encoded, request: Request) -> Tensor:
         specs, negs, head = request.specs, request.negatives, request.head
         with torch.no_grad():
             if head is None:
@@ -335,16 +375,21 @@ class Segmenter(nn.Module):
             per_scale = [[self.logits(q, request) for q in self.encode(imgs, request.variant, round(native * r))]
                          for r in self.cfg.scales]
             fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
-        return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0]), request.class_names)
+        return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0], request.refine),
+                            request.class_names)
                 for img, f in zip(imgs, fg)]
 
-    def refine_logits(self, image: np.ndarray, logits: Tensor) -> Tensor:
-        """(N+1) x H x W logits of ``image`` after the configured refinement (none, PAMR, or PAMR keeping areas)."""
-        if self.cfg.refine == "none":
+    def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
+        """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:
+        the configured one; a request's own is ``Request.refine``)."""
+        return self._refine(_rgb01(image), logits, method or self.cfg.refine)
+
+    def _refine(self, image: Tensor, logits: Tensor, method: str) -> Tensor:
+        if method == "none":
             return logits
-        out = refine.refine_logits(_rgb01(image), logits, self.cfg.refine_iterations,
-                                   list(self.cfg.refine_dilations), self.cfg.refine_max_side)
-        return refine.keep_areas(logits, out) if self.cfg.refine == "pamr-area" else out
+        out = refine.refine_logits(image, logits, self.cfg.refine_iterations, list(self.cfg.refine_dilations),
+                                   self.cfg.refine_max_side)
+        return refine.keep_areas(logits, out) if method == "pamr-area" else out
 
     def segment(self, images: ImageLike | Sequence[ImageLike], texts: TextsArg = None,
                 supports: SupportsArg = None, negatives: NegativesArg = None, mode: Mode | None = None,

@@ -54,7 +54,7 @@ def image_logits(seg, request, encs: Sequence[Encoded], image: np.ndarray) -> to
     fg = [seg.logits(q, request) for q in encs]
     fg = torch.stack(fg).mean(0) if seg.cfg.inference == "multiscale" else fg[0]
     logits = fn.nway_logits(fg.unsqueeze(0))[0]
-    return seg.refine_logits(image, logits)  # the segmenter's own refinement (size cap included)
+    return seg.refine_logits(image, logits, request.refine)  # the request's refinement (size cap included)
 
 
 def chunks(n: int, batch_size: int, rank: int, world: int) -> list[list[int]]:

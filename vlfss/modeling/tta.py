@@ -14,13 +14,14 @@ Plain adaptation (``adapt.adapt_head``, a fixed number of steps) cost accuracy a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .adapt import adapt_checkpoints, adapt_head
+from .calibrate import split_supports
 from .head import SegHead
 from .types import ClassSpec, Encoded
 
@@ -54,13 +55,8 @@ def held_out_iou(head: SegHead, held: list[tuple[Encoded, Tensor, ClassSpec]],
 
 def _split(specs: list[ClassSpec], fold: int) -> tuple[list[ClassSpec], list[tuple[Encoded, Tensor, ClassSpec]]]:
     """Hold support ``fold`` (mod K) of every class out: (specs without it, held-out pseudo-queries)."""
-    train, held = [], []
-    for spec in specs:
-        i = fold % len(spec.supports)
-        rest = [s for j, s in enumerate(spec.supports) if j != i]
-        train.append(replace(spec, supports=rest))
-        held.append((spec.supports[i][0], spec.supports[i][1], replace(spec, supports=rest)))
-    return train, held
+    train, out = split_supports(specs, fold)
+    return train, [(enc, mask, spec) for (enc, mask), spec in zip(out, train, strict=True)]
 
 
 def choose_steps(head: SegHead, specs: list[ClassSpec], negatives: list[tuple[Encoded, Tensor]],
