@@ -321,12 +321,14 @@ class Segmenter(nn.Module):
             sub = self._request(request.mode, request.variant, rest, request.negatives, request.neg_text, request.head)
             return lambda query: self.logits(query, sub)
 
-        mean = torch.tensor(self.backbone.mean)[:, None, None]
-        std = torch.tensor(self.backbone.std)[:, None, None]
+        def image01(e: Encoded) -> Tensor:  # the support as the encoder saw it, back in [0, 1] (its mask's size)
+            mean, std = (torch.tensor(v).to(e.rgb)[:, None, None] for v in (self.backbone.mean, self.backbone.std))
+            return (e.rgb * std + mean).clamp(0, 1)
+
         cands = self.cfg.calibrate_refine if self.cfg.refine in self.cfg.calibrate_refine else [self.cfg.refine]
         refiners = {m: (lambda img, lg, m=m: self._refine(img, lg, m)) for m in dict.fromkeys(cands)}
-        cal = calibrate.calibrate(scorer_for, request.specs, lambda e: (e.rgb.cpu() * std + mean).clamp(0, 1),
-                                  refiners, self.cfg.refine, self.cfg.calibrate_shrink)
+        cal = calibrate.calibrate(scorer_for, request.specs, image01, refiners, self.cfg.refine,
+                                  self.cfg.calibrate_shrink)
         if cal is not None:
             request.offsets, request.refine = cal.offsets, cal.refine
             log.info("calibrated on the supports: offsets %s, refine %s (held-out IoU %s)",

@@ -88,7 +88,7 @@ def refine_logits(image: Tensor, logits: Tensor, iterations: int, dilations: lis
     image: 3 x H x W in [0, 1]. Images with a long side over ``max_side`` are refined at that size and the result
     upsampled (PAMR's cost and memory grow with pixels x neighbours x iterations).
     """
-    x = image.float().unsqueeze(0)
+    x = image.float().to(logits.device).unsqueeze(0)  # the image comes from the CPU, the logits maybe from a GPU
     probs = logits.float().softmax(0).unsqueeze(0)
     size = tuple(probs.shape[-2:])
     r = max_side / max(size)
