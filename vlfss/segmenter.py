@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from .cache import FeatureCache, content_hash
 from .config import from_dict
 from .data.image import ImageLike, load_image, load_mask
 from .errors import InputError, ModelError
-from .modeling import calibrate, refine, slide
 from .modeling import functional as fn
+from .modeling import refine, slide
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
@@ -36,6 +36,7 @@ from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_temp
 from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 from .request_args import NegativesArg, Support, SupportsArg, TextsArg, load_images, normalise_supports
+from .request_calibration import calibrate_request
 
 log = logging.getLogger(__name__)
 
@@ -309,33 +310,13 @@ class Segmenter(nn.Module):
                 head, _ = adapt_validated(head, specs, negs, adapt_steps, self.cfg.adapt_lr)
             else:
                 head = adapt_head(head, specs, negs, steps=adapt_steps, lr=self.cfg.adapt_lr)
-        request = self._request(mode, variant, specs, negs, neg_text, head)
+        request = self.request_for(mode, variant, specs, negs, neg_text, head)
         if self.cfg.calibrate == "supports":
             with torch.no_grad():
-                self._calibrate(request)
+                calibrate_request(self, request)
         return request
 
-    def _calibrate(self, request: Request) -> None:
-        """Set ``request.offsets`` and ``request.refine`` from leave-one-out on its supports (>= 2 per class)."""
-        def scorer_for(rest: list[ClassSpec]) -> Callable[[Encoded], Tensor]:
-            sub = self._request(request.mode, request.variant, rest, request.negatives, request.neg_text, request.head)
-            return lambda query: self.logits(query, sub)
-
-        def image01(e: Encoded) -> Tensor:  # the support as the encoder saw it, back in [0, 1] (its mask's size)
-            mean, std = (torch.tensor(v).to(e.rgb)[:, None, None] for v in (self.backbone.mean, self.backbone.std))
-            return (e.rgb * std + mean).clamp(0, 1)
-
-        cands = self.cfg.calibrate_refine if self.cfg.refine in self.cfg.calibrate_refine else [self.cfg.refine]
-        refiners = {m: (lambda img, lg, m=m: self._refine(img, lg, m)) for m in dict.fromkeys(cands)}
-        cal = calibrate.calibrate(scorer_for, request.specs, image01, refiners, self.cfg.refine,
-                                  self.cfg.calibrate_shrink)
-        if cal is not None:
-            request.offsets, request.refine = cal.offsets, cal.refine
-            log.info("calibrated on the supports: offsets %s, refine %s (held-out IoU %s)",
-                     [round(float(o), 3) for o in cal.offsets], cal.refine,
-                     {k: round(v, 3) for k, v in cal.scores.items()})
-
-    def _request(self, mode: str, variant: str, specs: list[ClassSpec], negs: list[tuple[Encoded, Tensor]],
+    def request_for(self, mode: str, variant: str, specs: list[ClassSpec], negs: list[tuple[Encoded, Tensor]],
                  neg_text: Tensor | None, head: SegHead | None) -> Request:
         """A request with the supports' side of the scoring done, once for all the query images."""
         state = head_support = None
@@ -384,9 +365,9 @@ class Segmenter(nn.Module):
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:
         the configured one; a request's own is ``Request.refine``)."""
-        return self._refine(_rgb01(image), logits, method or self.cfg.refine)
+        return self.refine_rgb01(_rgb01(image), logits, method or self.cfg.refine)
 
-    def _refine(self, image: Tensor, logits: Tensor, method: str) -> Tensor:
+    def refine_rgb01(self, image: Tensor, logits: Tensor, method: str) -> Tensor:
         if method == "none":
             return logits
         out = refine.refine_logits(image, logits, self.cfg.refine_iterations, list(self.cfg.refine_dilations),
