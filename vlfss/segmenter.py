@@ -29,7 +29,9 @@ from .modeling import refine, slide
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
-from .modeling.config import REFINES, Mode, SegmenterConfig
+from .modeling.calibrate import check_calibration
+from .modeling.config import Mode, SegmenterConfig
+from .modeling.fallback import count, dense_with_fallback
 from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
@@ -81,18 +83,18 @@ class Segmenter(nn.Module):
         if self.cfg.refine is None:  # the model's refinement, resolved visibly in cfg (and so in the config hash)
             self.cfg = dataclasses.replace(self.cfg, refine=defaults.refine)
         tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
-        if not 0 <= self.cfg.calibrate_shrink <= 1:
-            raise InputError(f"calibrate_shrink={self.cfg.calibrate_shrink}: use a fraction in [0, 1] "
-                             "(0 keeps the fixed threshold, 1 applies the supports' offset in full)")
-        bad = [r for r in self.cfg.calibrate_refine if r not in REFINES]
-        if bad:
-            raise InputError(f"calibrate_refine={list(self.cfg.calibrate_refine)}: {bad[0]!r} is not a refinement; "
-                             f"use any of {', '.join(REFINES)}")
+        check_calibration(self.cfg.calibrate_shrink, self.cfg.calibrate_refine)
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or defaults.templates
         self.templates = load_templates(template_set) if backbone.has_text else []
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)
+        self.degraded_encodes = 0  # of those, images the quality gate sent to the robust tower
+        fb = backbone.robust_fallback() if self.cfg.robust_fallback else None
+        self.fallback = fb[0] if fb else None  # a submodule: it follows .to(device)
+        self.gate = fb[1] if fb else None
+        # what cached features depend on: the model, and its fallback tower and gate when they are used
+        self.feature_id = backbone.model_id + (f"+fallback:{fb[0].model_id}:{fb[1].digest}" if fb else "")
 
     # ---------------------------------------------------------------------------------- building
     @classmethod
@@ -169,7 +171,15 @@ class Segmenter(nn.Module):
         """Frozen dense features of a normalised batch: (taps, z), float32."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
                             and self.backbone.device.type == "cpu"):
-            feats = self.backbone.dense(batch.to(self.backbone.device), variant)
+            batch = batch.to(self.backbone.device)
+            if self.fallback is None:
+                feats = self.backbone.dense(batch, variant)
+            else:
+                feats, flags = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant)
+                if count(flags):
+                    self.degraded_encodes += count(flags)
+                    log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s",
+                             count(flags), len(flags), self.fallback.model_id)
         return [t.float() for t in feats.taps], feats.z.float()
 
     def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]], variant: str) -> tuple[list[Tensor], Tensor]:
@@ -192,7 +202,7 @@ class Segmenter(nn.Module):
         n_taps = len(self.backbone.taps)
         for i, img in enumerate(images):
             size, tag, boxes = self._plan(*img.shape[:2], side)
-            key = FeatureCache.key(self.backbone.model_id, variant + tag, size, content_hash(img))
+            key = FeatureCache.key(self.feature_id, variant + tag, size, content_hash(img))
             hit = self.cache.get(key)
             x = self._to_input(img, size)
             if hit is not None:

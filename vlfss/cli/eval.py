@@ -166,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
         c = res.cache
         print(f"feature cache: {c['hits']} hits, {c['misses']} misses (hit rate {100 * c['hit_rate']:.1f}%); "
               f"{c['image_encodes']} image encodes for {c['distinct_images']} distinct images x "
-              f"{len(c['variants'])} dense variant(s) ({', '.join(c['variants'])})")
+              f"{len(c['variants'])} dense variant(s) ({', '.join(c['variants'])})"
+              + (f"; {c['degraded_encodes']} looked degraded and went to the robust tower"
+                 if c.get("degraded_encodes") else ""))
         for k, v in sorted(res.files.items()):
             if not k.startswith("episodes_"):
                 print(f"{k}: {v}")

@@ -25,8 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from . import functional as fn
+from .config import REFINES
 from .types import ClassSpec, Encoded
+
+
+def check_calibration(shrink: float, refines: Sequence[str]) -> None:
+    """One line for a calibration setting out of range (SegmenterConfig.calibrate_shrink / calibrate_refine)."""
+    if not 0 <= shrink <= 1:
+        raise InputError(f"calibrate_shrink={shrink}: use a fraction in [0, 1] "
+                         "(0 keeps the fixed threshold, 1 applies the supports' offset in full)")
+    bad = [r for r in refines if r not in REFINES]
+    if bad:
+        raise InputError(f"calibrate_refine={list(refines)}: {bad[0]!r} is not a refinement; "
+                         f"use any of {', '.join(REFINES)}")
 
 GRID: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 9))  # log-odds offsets tried (thresholds 0.12..0.88)
 ScorerFor = Callable[[list[ClassSpec]], Callable[[Encoded], Tensor]]  # specs -> (image -> N x H x W log-odds)

@@ -112,6 +112,9 @@ class SegmenterConfig:
     calibrate_shrink: float = 0.5  # the fraction of the held-out supports' best offset that is applied (0..1)
     calibrate_refine: list[str] = field(default_factory=lambda: ["pamr", "pamr-area"])  # refinements the supports
     # may choose between, when `refine` is one of them (otherwise `refine` stays)
+    robust_fallback: bool = True  # models that ship a robust image tower and a quality gate (vlfss-tiny): images the
+    # gate finds degraded (blur, JPEG, resampling) are encoded by the robust tower instead; sharp images keep the
+    # sharp tower's features exactly (docs/tiny-clip.md "The quality gate"). Other models have neither: no effect
     autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
     feature_cache_items: int = 256  # in-memory feature cache size
     feature_cache_dir: str | None = None  # optional on-disk feature cache

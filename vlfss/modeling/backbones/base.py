@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ...errors import InputError, ModelError
 from ..config import ModelDefaults
 from ..dense import VARIANTS, DenseFeatures, ViTParts, default_taps, interpolate_pos_embed, vit_dense
+from ..quality_gate import QualityGate
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # vlfss/assets: shipped weights, heads, model configs
 
@@ -89,6 +90,11 @@ class FrozenBackbone(nn.Module):
 
     def text_parts(self) -> TextParts:
         raise ModelError(f"{self.model_id} has no text encoder; prompt learning needs a CLIP model")
+
+    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
+        """A tower for images that look degraded, and the gate that decides (``SegmenterConfig.robust_fallback``);
+        None for models without one (every model but the embedded tiny CLIP)."""
+        return None
 
 
 @dataclass

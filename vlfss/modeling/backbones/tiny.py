@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from ...data.synthetic import CLASS_NAMES, class_words
 from ...errors import ModelError
 from ..config import ModelDefaults
-from .base import ASSETS
+from ..quality_gate import QualityGate, load_gate
+from .base import ASSETS, FrozenBackbone
 from .open_clip_backbone import OpenCLIPBackbone
 from .registry import register_backbone
 from .weights import RANDOM, weights_id
@@ -33,6 +34,8 @@ TINY_MODEL = "vlfss-tiny-vit"  # the open_clip config name (vlfss/assets/vlfss-t
 TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
 # vlfss-tiny-robust: the embedded weights with this image tower (vlfss robust-clip; docs/tiny-clip.md)
 ROBUST_VISUAL = ASSETS / "vlfss-tiny-robust-visual.safetensors"
+# its quality gate: which images the robust tower encodes instead (eval/train_quality_gate.py; docs/tiny-clip.md)
+GATE = ASSETS / "vlfss-tiny-gate.safetensors"
 WEIGHTS_ENV = "VLFSS_TINY_WEIGHTS"  # overrides the embedded weights file (tests, re-trained copies)
 REAL_CLIP_HINT = "--model ViT-B-16 --pretrained openai (Python: build_segmenter('ViT-B-16', pretrained='openai'))"
 
@@ -79,10 +82,27 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
                  device: str = "cpu", visual: str | None = None, name: str = "vlfss-tiny") -> None:
         super().__init__(TINY_MODEL, weights, cache_dir=cache_dir, taps=taps, device=device)
         self.model_id = f"{name}@{weights_id(weights)}"
+        self.weights_file, self.visual_file = weights, visual
         if visual is not None:  # another image tower over the same text tower (the robust distillation's)
             load_visual(self.model.visual, visual)
             self.model_id += f"+{weights_id(visual)}"
         self._checked: set[str] = set()
+
+    def gate_id(self) -> str:
+        """What a quality gate is fitted to: these weights and these taps."""
+        return f"{self.model_id}|taps={','.join(map(str, self.taps))}"
+
+    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
+        """The robust image tower and the gate fitted to this model's taps, for the embedded weights with their
+        shipped gate; None for any other weights or taps (the gate would read features it was not fitted to)."""
+        if self.visual_file is not None or not GATE.is_file() or not ROBUST_VISUAL.is_file():
+            return None
+        gate = load_gate(GATE)
+        if gate.backbone != self.gate_id():
+            return None
+        robust = TinyCLIPBackbone(self.weights_file, taps=self.taps, device=str(self.device),
+                                  visual=str(ROBUST_VISUAL), name="vlfss-tiny-robust")
+        return robust, gate
 
     def check_texts(self, texts: list[str]) -> None:
         """Warn, once per distinct text, about class texts outside the synthetic world."""

@@ -1,0 +1,134 @@
+"""The embedded model's quality gate and robust fallback: sharp images keep their features, degraded ones are
+encoded by the robust tower, and nothing else changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from vlfss.data.synthetic import generate_scene
+from vlfss.errors import ModelError
+from vlfss.modeling.backbones import build_backbone
+from vlfss.modeling.backbones.tiny import GATE
+from vlfss.modeling.config import SegmenterConfig
+from vlfss.modeling.fallback import dense_with_fallback
+from vlfss.modeling.quality_gate import QualityGate, gate_features, load_gate
+from vlfss.segmenter import Segmenter
+
+
+def _scenes(n: int = 3) -> list[np.ndarray]:
+    return [generate_scene(12345, i).image for i in range(n)]  # a world seed no split uses
+
+
+def _blur(image: np.ndarray, sigma: float = 1.5) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma))).copy()
+
+
+@pytest.fixture(scope="module")
+def segs() -> tuple[Segmenter, Segmenter]:
+    """(gated default, sharp tower only)."""
+    return (Segmenter.from_config(SegmenterConfig(mode="training-free")),
+            Segmenter.from_config(SegmenterConfig(mode="training-free", robust_fallback=False)))
+
+
+def test_gate_features_are_each_channels_mean_and_spread():
+    taps = [torch.randn(2, 4, 3, 5), torch.randn(2, 6, 3, 5)]
+    f = gate_features(taps)
+    assert f.shape == (2, 2 * (4 + 6))
+    assert torch.allclose(f[1, :4], taps[0][1].flatten(1).mean(1))
+    assert torch.allclose(f[1, 4:8], taps[0][1].flatten(1).std(1))
+
+
+def test_gate_saves_and_loads_and_rejects_other_files(tmp_path):
+    g = QualityGate(torch.zeros(4), torch.ones(4), torch.tensor([[1.0, 0, 0, 0]]), torch.zeros(1), torch.ones(1),
+                    -0.5, 0.25, "m|taps=1")
+    g.save(tmp_path / "g.safetensors")
+    back = load_gate(tmp_path / "g.safetensors")
+    assert (back.bias, back.threshold, back.backbone) == (-0.5, 0.25, "m|taps=1") and back.digest
+    taps = [torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]]]])]  # 2 images, 2 channels
+    assert back.flag(taps).tolist() == [True, False]  # score = gelu(mean of channel 0) - 0.5: 0.34 and -0.5
+    (tmp_path / "bad.safetensors").write_bytes(b"not a gate")
+    with pytest.raises(ModelError, match="quality gate .*bad.safetensors does not load"):
+        load_gate(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelError, match="reads 4 features, got 6"):
+        back.score([torch.randn(1, 3, 2, 2)])
+
+
+def test_shipped_gate_fits_the_embedded_model():
+    backbone = build_backbone("vlfss-tiny")
+    gate = load_gate(GATE)
+    assert gate.backbone == backbone.gate_id()
+    fb = backbone.robust_fallback()
+    assert fb is not None and fb[0].model_id.startswith("vlfss-tiny-robust@")
+
+
+def test_sharp_images_keep_their_features_bit_for_bit(segs):
+    gated, sharp = segs
+    images = _scenes()
+    a, b = gated.encode(images), sharp.encode(images)
+    for x, y in zip(a, b):
+        assert torch.equal(x.z, y.z) and all(torch.equal(s, t) for s, t in zip(x.taps, y.taps))
+    assert gated.degraded_encodes == 0
+
+
+def test_degraded_images_are_encoded_by_the_robust_tower(segs):
+    gated, sharp = segs
+    clean, blurred = _scenes(1)[0], _blur(_scenes(1)[0])
+    before = gated.degraded_encodes
+    enc = gated.encode([clean, blurred])  # one batch: the gate picks per image
+    assert gated.degraded_encodes == before + 1
+    x = gated._to_input(blurred, (96, 96))[None]
+    with torch.inference_mode():
+        robust = gated.fallback.dense(x, gated.variant)
+        plain = sharp.backbone.dense(x, sharp.variant)
+    assert torch.allclose(enc[1].z, robust.z[0], atol=1e-5)
+    assert not torch.allclose(enc[1].z, plain.z[0], atol=1e-3)
+    assert torch.equal(enc[0].z, sharp.encode([clean])[0].z)
+    gated.encode([blurred])  # cached: not encoded again
+    assert gated.degraded_encodes == before + 1
+
+
+def test_merge_keeps_unflagged_rows():
+    backbone = build_backbone("vlfss-tiny")
+    robust, gate = backbone.robust_fallback()
+    seg = Segmenter(backbone, SegmenterConfig(robust_fallback=False))
+    batch = torch.stack([seg._to_input(_scenes(1)[0], (96, 96)), seg._to_input(_blur(_scenes(1)[0]), (96, 96))])
+    with torch.inference_mode():
+        feats, flags = dense_with_fallback(backbone, robust, gate, batch, "plain")
+        sharp = backbone.dense(batch, "plain")
+    assert flags.tolist() == [False, True]
+    assert torch.equal(feats.z[0], sharp.z[0]) and not torch.equal(feats.z[1], sharp.z[1])
+
+
+def test_no_fallback_when_off_or_for_other_weights_or_taps(tmp_path, monkeypatch):
+    assert Segmenter.from_config(SegmenterConfig(robust_fallback=False)).fallback is None
+    assert build_backbone("vlfss-tiny", taps=(1, 2, 4)).robust_fallback() is None  # the gate reads taps 1, 3, 4
+    assert build_backbone("vlfss-tiny-robust").robust_fallback() is None
+    gated = Segmenter.from_config(SegmenterConfig())
+    off = Segmenter.from_config(SegmenterConfig(robust_fallback=False))
+    assert gated.feature_id != off.feature_id  # cached features of one never answer the other
+
+
+def test_shipped_heads_still_load_on_the_gated_model():
+    seg = Segmenter.from_config(SegmenterConfig(mode="learned"))
+    assert seg.head is not None and seg.fallback is not None
+    out = seg.segment(_blur(_scenes(1)[0]), texts=["stripes"])
+    assert out.probs.shape[-2:] == (96, 96)
+
+
+def test_eval_counts_the_images_sent_to_the_robust_tower(tmp_path, segs):
+    from vlfss.data import build_benchmark
+    from vlfss.data.synthetic_store import materialize_synthetic
+    from vlfss.evaluation.harness import evaluate
+
+    materialize_synthetic(tmp_path, "test", 40, 0, "hf", 96)
+    bench = build_benchmark("synthetic", tmp_path, "test", 0, n_images=40)
+    kw = dict(folds=[0], shots=[1], episodes=3, modes="training-free", baselines=False, progress=False)
+    gated = Segmenter.from_config(SegmenterConfig(mode="training-free"))
+    clean = evaluate(gated, bench, **kw)
+    assert clean.cache["degraded_encodes"] == 0  # sharp scenes: the sharp tower only
+    res = evaluate(Segmenter.from_config(SegmenterConfig(mode="training-free")), bench, perturb=("blur:1.5",), **kw)
+    assert 0 < res.cache["degraded_encodes"] <= res.cache["image_encodes"] // 2  # blurred copies only
+    assert [r["miou"] for r in res.rows if r["perturb"] == "clean"] == [r["miou"] for r in clean.rows]

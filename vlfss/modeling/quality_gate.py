@@ -1,0 +1,91 @@
+"""A quality gate: does an image look degraded (blurred, JPEG-compressed, resampled) to the encoder?
+
+A frozen encoder trained on sharp images loses its classes once fine detail is gone, and a tower distilled to
+resist that pays a little on sharp images. The gate lets a model keep both: it reads the sharp tower's own
+intermediate tokens (their per-channel mean and spread at each tap, which the image has to be encoded for
+anyway), scores them with a small MLP (one hidden layer), and only images scored above its threshold are encoded
+again by the robust tower. The threshold sits above every clean calibration image's score, so sharp images keep their
+features bit for bit. ``eval/train_quality_gate.py`` fits and checks the shipped gate (docs/tiny-clip.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import Tensor
+
+from ..errors import ModelError
+from ..io_utils import atomic_save_safetensors
+
+GATE_FORMAT = "vlfss-quality-gate-v1"
+TENSORS = ("mean", "std", "weight1", "bias1", "weight2")
+
+
+def gate_features(taps: list[Tensor]) -> Tensor:
+    """B x (2 * sum C) features of a batch's taps (each B x C x h x w): every channel's token mean and spread."""
+    parts = []
+    for t in taps:
+        t = t.float().flatten(2)
+        parts += [t.mean(-1), t.std(-1, unbiased=True)]
+    return torch.cat(parts, dim=1)
+
+
+@dataclass
+class QualityGate:
+    """A one-hidden-layer MLP (GELU) on ``gate_features``, standardised by the training set's mean and spread."""
+
+    mean: Tensor  # F
+    std: Tensor  # F
+    weight1: Tensor  # H x F
+    bias1: Tensor  # H
+    weight2: Tensor  # H
+    bias: float
+    threshold: float  # scores above it are degraded
+    backbone: str  # the model id whose taps it reads
+    digest: str = ""  # identifies the fitted gate (cache keys: a refitted gate flags other images)
+
+    def score(self, taps: list[Tensor]) -> Tensor:
+        """B degradation scores (log-odds)."""
+        return self.score_features(gate_features(taps))
+
+    def score_features(self, f: Tensor) -> Tensor:
+        """B scores of B x F ``gate_features``."""
+        if f.shape[1] != self.mean.numel():
+            raise ModelError(f"quality gate for {self.backbone} reads {self.mean.numel()} features, got "
+                             f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
+        d = f.device
+        x = (f - self.mean.to(d)) / self.std.to(d)
+        hidden = F.gelu(x @ self.weight1.to(d).T + self.bias1.to(d))
+        return hidden @ self.weight2.to(d) + self.bias
+
+    def flag(self, taps: list[Tensor]) -> Tensor:
+        """B booleans: True where the image looks degraded."""
+        return self.score(taps) > self.threshold
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        meta = {"format": GATE_FORMAT, "bias": self.bias, "threshold": self.threshold, "backbone": self.backbone,
+                **(extra or {})}
+        tensors = {k: getattr(self, k).detach().float().contiguous() for k in TENSORS}
+        atomic_save_safetensors(tensors, path, {"vlfss": json.dumps(meta)})
+
+
+def load_gate(path: str | Path) -> QualityGate:
+    """A gate saved by ``QualityGate.save``; one clear error for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["vlfss"])
+            tensors = {k: f.get_tensor(k) for k in TENSORS}
+        if meta.get("format") != GATE_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+        return QualityGate(**tensors, bias=float(meta["bias"]), threshold=float(meta["threshold"]),
+                           backbone=str(meta["backbone"]), digest=digest)
+    except Exception as e:  # missing, not safetensors, or another kind of file
+        raise ModelError(f"quality gate {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
+                         "reinstall vlfss or refit it with eval/train_quality_gate.py") from None
