@@ -132,3 +132,16 @@ def test_eval_counts_the_images_sent_to_the_robust_tower(tmp_path, segs):
     res = evaluate(Segmenter.from_config(SegmenterConfig(mode="training-free")), bench, perturb=("blur:1.5",), **kw)
     assert 0 < res.cache["degraded_encodes"] <= res.cache["image_encodes"] // 2  # blurred copies only
     assert [r["miou"] for r in res.rows if r["perturb"] == "clean"] == [r["miou"] for r in clean.rows]
+
+
+def test_outputs_say_which_tower_encoded_the_image(segs, tiny_backbone):
+    gated, _ = segs
+    sharp_out = gated.segment(_scenes(1)[0], texts=["stripes"])
+    blurred_out = gated.segment(_blur(_scenes(1)[0]), texts=["stripes"])
+    assert sharp_out.robust_tower == 0.0 and blurred_out.robust_tower == 1.0
+    assert blurred_out.summary()["robust_tower"] == 1.0
+    again = gated.segment(_blur(_scenes(1)[0]), texts=["stripes"])  # from the cache: still known
+    assert again.robust_tower == 1.0
+    other = Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))  # an open_clip model: no robust tower
+    out = other.segment(_scenes(1)[0], texts=["stripes"])
+    assert out.robust_tower is None and "robust_tower" not in out.summary()

@@ -167,11 +167,12 @@ class Segmenter(nn.Module):
         canvas = slide.slide_canvas(h, w, window, self.backbone.patch_size)
         return canvas, f"|slide{window}/{stride}", slide.window_boxes(*canvas, window, stride)
 
-    def _encode_batch(self, batch: Tensor, variant: str) -> tuple[list[Tensor], Tensor]:
-        """Frozen dense features of a normalised batch: (taps, z), float32."""
+    def _encode_batch(self, batch: Tensor, variant: str) -> tuple[list[Tensor], Tensor, Tensor]:
+        """Frozen dense features of a normalised batch: (taps, z) float32, and B flags (the robust tower's)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
                             and self.backbone.device.type == "cpu"):
             batch = batch.to(self.backbone.device)
+            flags = torch.zeros(len(batch), dtype=torch.bool)
             if self.fallback is None:
                 feats = self.backbone.dense(batch, variant)
             else:
@@ -180,16 +181,18 @@ class Segmenter(nn.Module):
                     self.degraded_encodes += count(flags)
                     log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s",
                              count(flags), len(flags), self.fallback.model_id)
-        return [t.float() for t in feats.taps], feats.z.float()
+        return [t.float() for t in feats.taps], feats.z.float(), flags.float()
 
-    def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]], variant: str) -> tuple[list[Tensor], Tensor]:
+    def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]],
+                      variant: str) -> tuple[list[Tensor], Tensor, Tensor]:
         """One image's windows in one batch, stitched into one feature grid for the whole canvas: (taps, z) as a
-        batch of one (1 x C x h x w each)."""
+        batch of one (1 x C x h x w each), and the share of its windows the robust tower encoded."""
         window, p = self.window_geometry()[0], self.backbone.patch_size
-        taps, z = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
+        taps, z, flags = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
         cells = [(y // p, xx // p) for y, xx in boxes]
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        return [slide.stitch(t, cells, grid)[None] for t in taps], slide.stitch(z, cells, grid)[None]
+        return ([slide.stitch(t, cells, grid)[None] for t in taps], slide.stitch(z, cells, grid)[None],
+                flags.mean().reshape(1))
 
     def encode(self, images: Sequence[np.ndarray], variant: str | None = None,
                side: int | None = None) -> list[Encoded]:
@@ -207,7 +210,7 @@ class Segmenter(nn.Module):
             x = self._to_input(img, size)
             if hit is not None:
                 out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(n_taps)], z=hit["z"], rgb=x,
-                                 size=tuple(img.shape[:2]))
+                                 size=tuple(img.shape[:2]), robust_share=float(hit.get("robust_share", 0.0)))
             elif boxes is not None:
                 slides.append((i, key, x, boxes))
             else:
@@ -215,14 +218,15 @@ class Segmenter(nn.Module):
         done = [(items, self._encode_batch(torch.stack([x for _, _, x in items]), variant))
                 for items in todo.values()]
         done += [([(i, key, x)], self._encode_slide(x, b, variant)) for i, key, x, b in slides]
-        for items, (taps, z) in done:
+        for items, (taps, z, shares) in done:
             self.image_encodes += len(items)
             for j, (i, key, x) in enumerate(items):
                 entry = {f"tap{t}": taps[t][j].clone() for t in range(n_taps)}
                 entry["z"] = z[j].clone()
+                entry["robust_share"] = shares[j].clone()
                 self.cache.put(key, entry)
                 out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(n_taps)], z=entry["z"], rgb=x,
-                                 size=tuple(images[i].shape[:2]))
+                                 size=tuple(images[i].shape[:2]), robust_share=float(shares[j]))
         return out  # type: ignore[return-value]
 
     def _support_mask(self, mask: np.ndarray, size: tuple[int, int]) -> Tensor:
@@ -361,16 +365,15 @@ class Segmenter(nn.Module):
     def predict(self, images: Sequence[ImageLike], request: Request) -> list[SegmentationOutput]:
         """Segment images (encoded in batches, through the feature cache) with a prepared request."""
         imgs = load_images(images)
-        if self.cfg.inference != "multiscale":
-            fg = [self.logits(q, request) for q in self.encode(imgs, request.variant)]
-        else:  # per-class log-odds averaged over scales at each image's own size
-            native = self.cfg.input_size or self.backbone.image_size
-            per_scale = [[self.logits(q, request) for q in self.encode(imgs, request.variant, round(native * r))]
-                         for r in self.cfg.scales]
-            fg = [torch.stack(f).mean(0) for f in zip(*per_scale)]
+        sides = [None] if self.cfg.inference != "multiscale" else \
+            [round((self.cfg.input_size or self.backbone.image_size) * r) for r in self.cfg.scales]
+        encoded = [self.encode(imgs, request.variant, side) for side in sides]  # per scale, per image
+        # per-class log-odds, averaged over scales at each image's own size (multiscale)
+        fg = [torch.stack([self.logits(q, request) for q in qs]).mean(0) for qs in zip(*encoded)]
+        shares = [sum(q.robust_share for q in qs) / len(qs) if self.gate is not None else None for qs in zip(*encoded)]
         return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0], request.refine),
-                            request.class_names)
-                for img, f in zip(imgs, fg)]
+                            request.class_names, share)
+                for img, f, share in zip(imgs, fg, shares)]
 
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:

@@ -24,6 +24,8 @@ class SegmentationOutput:
     masks: Tensor  # N x H x W bool, labels == i+1
     confidence: Tensor  # H x W, max probability
     entropy: Tensor  # H x W, normalised entropy (0 certain, 1 uniform)
+    robust_tower: float | None = None  # share of the image's encoder inputs (1, or its slide windows) the quality
+    # gate found degraded and sent to the model's robust tower; None: the model has no robust tower
 
     def summary(self) -> dict[str, Any]:
         """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
@@ -34,12 +36,15 @@ class SegmentationOutput:
             area = int(m.sum())
             classes.append({"label": i + 1, "name": name, "area_px": area, "area_frac": round(area / total, 5),
                             "mean_confidence": round(float(self.confidence[m].mean()) if area else 0.0, 4)})
-        return {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]), "classes": classes,
-                "mean_confidence": round(float(self.confidence.mean()), 4),
-                "mean_entropy": round(float(self.entropy.mean()), 4)}
+        out = {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]), "classes": classes,
+               "mean_confidence": round(float(self.confidence.mean()), 4),
+               "mean_entropy": round(float(self.entropy.mean()), 4)}
+        if self.robust_tower is not None:
+            out["robust_tower"] = round(self.robust_tower, 4)
+        return out
 
 
-def make_output(logits: Tensor, class_names: list[str]) -> SegmentationOutput:
+def make_output(logits: Tensor, class_names: list[str], robust_tower: float | None = None) -> SegmentationOutput:
     """(N+1) x H x W logits -> SegmentationOutput."""
     probs = logits.float().softmax(0)
     # max over dim 0 gives the argmax (the first maximum, as argmax) and the confidence in one pass; argmax(0) alone
@@ -48,7 +53,8 @@ def make_output(logits: Tensor, class_names: list[str]) -> SegmentationOutput:
     n = len(class_names)
     masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
     return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
-                              confidence=confidence, entropy=fn.normalised_entropy(probs.unsqueeze(0))[0])
+                              confidence=confidence, entropy=fn.normalised_entropy(probs.unsqueeze(0))[0],
+                              robust_tower=robust_tower)
 
 
 # ------------------------------------------------------------------------------------ internal data
@@ -60,6 +66,7 @@ class Encoded:
     z: Tensor  # D x h x w
     rgb: Tensor  # 3 x H' x W' normalised encoder input (for the decoder's RGB stem)
     size: tuple[int, int]  # original H, W
+    robust_share: float = 0.0  # share of its encoder inputs encoded by the robust tower (the quality gate's choice)
 
 
 @dataclass
