@@ -1,9 +1,8 @@
 """The segmenter: one forward for text-only, examples-only and text+examples, 1..N classes, 0..K shots.
 
 ``Segmenter`` composes a frozen backbone (``modeling.backbones``), prompts (``modeling.prompts``), the pure maths
-in ``modeling.functional`` and, in learned mode, a ``SegHead`` (cross-attention fusion + decoder). Images keep
-their aspect: the long side is resized to ``input_size`` (sides rounded to the patch size), features are cached
-per image content, and masks come back at each image's original size.
+in ``modeling.functional`` and, in learned mode, a ``SegHead`` (cross-attention fusion + decoder). How images
+become cached features is ``encoding.ImageEncoding``; masks come back at each image's original size.
 """
 
 from __future__ import annotations
@@ -20,18 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import FeatureCache, content_hash
+from .cache import FeatureCache
 from .config import from_dict
 from .data.image import ImageLike, load_image, load_mask
+from .encoding import ImageEncoding, rgb01
 from .errors import InputError, ModelError
 from .modeling import functional as fn
-from .modeling import refine, slide
+from .modeling import refine
 from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
 from .modeling.calibrate import check_calibration
 from .modeling.config import Mode, SegmenterConfig
-from .modeling.fallback import count, dense_with_fallback
 from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
@@ -64,7 +63,7 @@ class Request:
         return [s.name for s in self.specs]
 
 
-class Segmenter(nn.Module):
+class Segmenter(ImageEncoding, nn.Module):
     """Frozen backbone + prompts + (optional) learned head behind one ``segment`` call."""
 
     def __init__(self, backbone: FrozenBackbone, cfg: SegmenterConfig | None = None,
@@ -125,113 +124,6 @@ class Segmenter(nn.Module):
         for name in pl.class_names:
             self.prompt_learners[name] = pl
         return pl.class_names
-
-    # ---------------------------------------------------------------------------------- encoding
-    def encoder_size(self, h: int, w: int, side: int | None = None) -> tuple[int, int]:
-        """Long side -> ``side`` (default input_size), sides rounded to multiples of the patch size (>= one patch)."""
-        side = side or self.cfg.input_size or self.backbone.image_size
-        p = self.backbone.patch_size
-        s = side / max(h, w)
-        return max(p, int(round(h * s / p)) * p), max(p, int(round(w * s / p)) * p)
-
-    def _to_input(self, image: np.ndarray, size: tuple[int, int]) -> Tensor:
-        """The encoder's normalised 3 x H' x W' input for an RGB uint8 image, resized to ``size``."""
-        x = _rgb01(image).unsqueeze(0)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
-        return ((x - mean) / std)[0]
-
-    def window_geometry(self) -> tuple[int, int]:
-        """(window, stride) in pixels for slide inference, validated and aligned to the patch size."""
-        return slide.window_geometry(self.cfg.window or self.backbone.image_size, self.cfg.stride,
-                                     self.backbone.patch_size)
-
-    def strategy(self, h: int, w: int) -> str:
-        """How an h x w image is encoded: "slide" or "resize" (multiscale encodes each scale by resizing)."""
-        s = self.cfg.inference
-        if s == "auto":  # against the size the image would be resized to (input_size when set, else the window)
-            side = self.cfg.input_size or self.window_geometry()[0]
-            return "slide" if max(h, w) >= self.cfg.auto_slide_factor * side else "resize"
-        return "slide" if s == "slide" else "resize"
-
-    def _plan(self, h: int, w: int, side: int | None) -> tuple[tuple[int, int], str, list[tuple[int, int]] | None]:
-        """(canvas size, cache tag, windows or None) for an h x w image."""
-        if side is not None or self.strategy(h, w) == "resize":
-            return self.encoder_size(h, w, side), "", None
-        window, stride = self.window_geometry()
-        if self.cfg.slide_short_side:
-            r = self.cfg.slide_short_side / min(h, w)
-            h, w = max(1, round(h * r)), max(1, round(w * r))
-        canvas = slide.slide_canvas(h, w, window, self.backbone.patch_size)
-        return canvas, f"|slide{window}/{stride}", slide.window_boxes(*canvas, window, stride)
-
-    def _encode_batch(self, batch: Tensor, variant: str) -> tuple[list[Tensor], Tensor, Tensor]:
-        """Frozen dense features of a normalised batch: (taps, z) float32, and B flags (the robust tower's)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
-                            and self.backbone.device.type == "cpu"):
-            batch = batch.to(self.backbone.device)
-            flags = torch.zeros(len(batch), dtype=torch.bool)
-            if self.fallback is None:
-                feats = self.backbone.dense(batch, variant)
-            else:
-                feats, flags = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant)
-                if count(flags):
-                    self.degraded_encodes += count(flags)
-                    log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s",
-                             count(flags), len(flags), self.fallback.model_id)
-        return [t.float() for t in feats.taps], feats.z.float(), flags.float()
-
-    def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]],
-                      variant: str) -> tuple[list[Tensor], Tensor, Tensor]:
-        """One image's windows in one batch, stitched into one feature grid for the whole canvas: (taps, z) as a
-        batch of one (1 x C x h x w each), and the share of its windows the robust tower encoded."""
-        window, p = self.window_geometry()[0], self.backbone.patch_size
-        taps, z, flags = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
-        cells = [(y // p, xx // p) for y, xx in boxes]
-        grid = (x.shape[-2] // p, x.shape[-1] // p)
-        return ([slide.stitch(t, cells, grid)[None] for t in taps], slide.stitch(z, cells, grid)[None],
-                flags.mean().reshape(1))
-
-    def encode(self, images: Sequence[np.ndarray], variant: str | None = None,
-               side: int | None = None) -> list[Encoded]:
-        """Features of RGB uint8 images, from the cache where possible. Resized images of one size run as one batch;
-        a slid image's windows run as one batch. ``side``: resize to this long side (multiscale)."""
-        variant = variant or self.variant
-        out: list[Encoded | None] = [None] * len(images)
-        todo: dict[tuple[int, int], list[tuple[int, str, Tensor]]] = {}
-        slides: list[tuple[int, str, Tensor, list[tuple[int, int]]]] = []
-        n_taps = len(self.backbone.taps)
-        for i, img in enumerate(images):
-            size, tag, boxes = self._plan(*img.shape[:2], side)
-            key = FeatureCache.key(self.feature_id, variant + tag, size, content_hash(img))
-            hit = self.cache.get(key)
-            x = self._to_input(img, size)
-            if hit is not None:
-                out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(n_taps)], z=hit["z"], rgb=x,
-                                 size=tuple(img.shape[:2]), robust_share=float(hit.get("robust_share", 0.0)))
-            elif boxes is not None:
-                slides.append((i, key, x, boxes))
-            else:
-                todo.setdefault(size, []).append((i, key, x))
-        done = [(items, self._encode_batch(torch.stack([x for _, _, x in items]), variant))
-                for items in todo.values()]
-        done += [([(i, key, x)], self._encode_slide(x, b, variant)) for i, key, x, b in slides]
-        for items, (taps, z, shares) in done:
-            self.image_encodes += len(items)
-            for j, (i, key, x) in enumerate(items):
-                entry = {f"tap{t}": taps[t][j].clone() for t in range(n_taps)}
-                entry["z"] = z[j].clone()
-                entry["robust_share"] = shares[j].clone()
-                self.cache.put(key, entry)
-                out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(n_taps)], z=entry["z"], rgb=x,
-                                 size=tuple(images[i].shape[:2]), robust_share=float(shares[j]))
-        return out  # type: ignore[return-value]
-
-    def _support_mask(self, mask: np.ndarray, size: tuple[int, int]) -> Tensor:
-        m = torch.from_numpy(mask)[None, None].float()
-        return F.interpolate(m, size=size, mode="nearest")[0, 0].to(torch.uint8)
 
     def text_embeddings(self, names: list[str]) -> Tensor:
         """N x D class embeddings: learned prompts where registered, else the template ensemble."""
@@ -378,7 +270,7 @@ class Segmenter(nn.Module):
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:
         the configured one; a request's own is ``Request.refine``)."""
-        return self.refine_rgb01(_rgb01(image), logits, method or self.cfg.refine)
+        return self.refine_rgb01(rgb01(image), logits, method or self.cfg.refine)
 
     def refine_rgb01(self, image: Tensor, logits: Tensor, method: str) -> Tensor:
         if method == "none":
@@ -401,11 +293,6 @@ class Segmenter(nn.Module):
         imgs = load_images([images] if single else images)  # bad images fail before any work
         outs = self.predict(imgs, self.prepare(texts, supports, negatives, mode, adapt_steps))
         return outs[0] if single else outs
-
-
-def _rgb01(image: np.ndarray) -> Tensor:
-    """H x W x 3 uint8 -> 3 x H x W float in [0, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1) / 255.0
 
 
 def up(fg: Tensor, size: tuple[int, int]) -> Tensor:
