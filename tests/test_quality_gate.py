@@ -145,3 +145,28 @@ def test_outputs_say_which_tower_encoded_the_image(segs, tiny_backbone):
     other = Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))  # an open_clip model: no robust tower
     out = other.segment(_scenes(1)[0], texts=["stripes"])
     assert out.robust_tower is None and "robust_tower" not in out.summary()
+
+
+def test_queries_the_robust_tower_encoded_are_scored_with_its_own_head():
+    gated = Segmenter.from_config(SegmenterConfig(mode="learned"))
+    robust = Segmenter.from_config(SegmenterConfig(model="vlfss-tiny-robust", mode="learned", refine="pamr-area"))
+    sharp = Segmenter.from_config(SegmenterConfig(mode="learned", robust_fallback=False))
+    blurred, clean = _blur(_scenes(1)[0]), _scenes(1)[0]
+    assert gated.robust_heads  # the shipped head has its pair
+    a, b = gated.segment(blurred, texts=["stripes"]), robust.segment(blurred, texts=["stripes"])
+    assert torch.allclose(a.logits, b.logits, atol=1e-4)  # robust tower + robust head, as vlfss-tiny-robust
+    c, d = gated.segment(clean, texts=["stripes"]), sharp.segment(clean, texts=["stripes"])
+    assert torch.equal(c.logits, d.logits)  # sharp images: exactly the sharp model
+    off = Segmenter.from_config(SegmenterConfig(mode="learned", robust_heads=False))
+    assert not off.robust_heads
+    assert not torch.allclose(off.segment(blurred, texts=["stripes"]).logits, a.logits, atol=1e-3)
+
+
+def test_fold_heads_in_eval_get_their_pairs(tmp_path):
+    from vlfss.evaluation.runner import fold_head_files, load_fold_heads
+    from vlfss.modeling.backbones.base import ASSETS
+
+    files = fold_head_files(str(ASSETS / "head-vlfss-tiny-fold{fold}.safetensors"), [0, 1])
+    seg = Segmenter.from_config(SegmenterConfig(mode="learned", head_path=str(files[0])))
+    heads = load_fold_heads(seg, files)
+    assert all(id(h) in seg.robust_heads for h in heads.values())

@@ -24,7 +24,7 @@ def calibrate_request(seg: Any, request: Any) -> None:
     """Set ``request.offsets`` and ``request.refine`` from leave-one-out on its supports (>= 2 per class)."""
     def scorer_for(rest: list[ClassSpec]) -> Callable[[Encoded], Tensor]:
         sub = seg.request_for(request.mode, request.variant, rest, request.negatives, request.neg_text, request.head)
-        return lambda query: seg.logits(query, sub)
+        return lambda query: seg.logits(query, sub, robust_head=False)  # the head being calibrated
 
     def image01(e: Encoded) -> Tensor:  # the support as the encoder saw it, back in [0, 1] (its mask's size)
         mean, std = (torch.tensor(v).to(e.rgb)[:, None, None] for v in (seg.backbone.mean, seg.backbone.std))

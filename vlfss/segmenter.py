@@ -57,6 +57,7 @@ class Request:
     head_support: SupportSide | None = None  # the head's class-side work (support maps, fusion keys), learned mode
     offsets: Tensor | None = None  # N per-class log-odds offsets (calibrate="supports", >= 2 supports), or None
     refine: str | None = None  # the refinement the supports chose (None: the configured one)
+    robust: Request | None = None  # the same request with the robust tower's head, for queries it encoded (lazy)
 
     @property
     def class_names(self) -> list[str]:
@@ -94,6 +95,7 @@ class Segmenter(ImageEncoding, nn.Module):
         self.gate = fb[1] if fb else None
         # what cached features depend on: the model, and its fallback tower and gate when they are used
         self.feature_id = backbone.model_id + (f"+fallback:{fb[0].model_id}:{fb[1].digest}" if fb else "")
+        self.robust_heads: dict[int, SegHead] = {}  # id(head) -> its robust-tower pair (pair_head)
 
     # ---------------------------------------------------------------------------------- building
     @classmethod
@@ -109,7 +111,18 @@ class Segmenter(ImageEncoding, nn.Module):
             if cfg.mode == "learned" or Path(head_path).is_file():
                 head, head_variant = load_head(head_path, backbone)
         seg = cls(backbone, cfg, head, head_variant)
+        if head is not None:
+            seg.pair_head(head, head_path)
         return seg.to(cfg.device)
+
+    def pair_head(self, head: SegHead, head_path: str | Path) -> None:
+        """Register the robust tower's own head for ``head`` (the model's pairing of ``head_path``, if any): queries
+        the robust tower encoded are then scored with it (``robust_heads``)."""
+        pair = self.backbone.fallback_head_path(head_path) if self.fallback is not None else None
+        if pair is not None and self.cfg.robust_heads:
+            robust, variant = load_head(pair, self.fallback)
+            if variant == self.head_variant:
+                self.robust_heads[id(head)] = robust.to(self.backbone.device)
 
     @property
     def mode(self) -> str:
@@ -235,10 +248,28 @@ class Segmenter(ImageEncoding, nn.Module):
                     state = head.prior_state(specs, negs)
         return Request(mode, variant, specs, negs, neg_text, head, state, head_support)
 
-    def logits(self, query: Encoded, request: Request) -> Tensor:
-        """Per-class foreground log-odds N x H x W of one encoded query at its original size."""
+    def logits(self, query: Encoded, request: Request, robust_head: bool = True) -> Tensor:
+        """Per-class foreground log-odds N x H x W of one encoded query at its original size (scored with the robust
+        tower's head when that tower encoded most of the query and the request's head has a pair, unless
+        ``robust_head`` is false: the request's own head, as its calibration scores its supports)."""
+        if robust_head:
+            request = self._for_query(query, request)
         fg = self._logits(query, request)
         return fg if request.offsets is None else fg + request.offsets.to(fg)[:, None, None]
+
+    def _for_query(self, query: Encoded, request: Request) -> Request:
+        """``request``, or its robust-head twin (prepared and calibrated once, on first need)."""
+        robust = self.robust_heads.get(id(request.head)) if request.head is not None else None
+        if robust is None or query.robust_share < 0.5:
+            return request
+        if request.robust is None:
+            twin = self.request_for(request.mode, request.variant, request.specs, request.negatives,
+                                    request.neg_text, robust)
+            if self.cfg.calibrate == "supports":
+                with torch.no_grad():
+                    calibrate_request(self, twin)
+            request.robust = twin
+        return request.robust
 
     def _logits(self, query: Encoded, request: Request) -> Tensor:
         specs, negs, head = request.specs, request.negatives, request.head

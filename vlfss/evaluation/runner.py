@@ -102,5 +102,6 @@ def load_fold_heads(segmenter: Segmenter, files: dict[int, Path]) -> dict[int, A
                              f"{segmenter.head_variant!r}; train every fold's head on one variant")
         if segmenter.head is None:
             segmenter.head, segmenter.head_variant = head, variant
+        segmenter.pair_head(head, path)
         heads[fold] = head
     return heads

@@ -115,6 +115,9 @@ class SegmenterConfig:
     robust_fallback: bool = True  # models that ship a robust image tower and a quality gate (vlfss-tiny): images the
     # gate finds degraded (blur, JPEG, resampling) are encoded by the robust tower instead; sharp images keep the
     # sharp tower's features exactly (docs/tiny-clip.md "The quality gate"). Other models have neither: no effect
+    robust_heads: bool = True  # learned mode with robust_fallback: a query the robust tower encoded is scored with
+    # that tower's own head where the model pairs one with the loaded head (the shipped heads: head-vlfss-tiny* ->
+    # head-vlfss-tiny-robust*); false: the loaded head scores every query
     autocast_bf16: bool = False  # run the encoder under bfloat16 autocast (fast only on CPUs with bf16 units)
     feature_cache_items: int = 256  # in-memory feature cache size
     feature_cache_dir: str | None = None  # optional on-disk feature cache

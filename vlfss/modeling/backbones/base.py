@@ -91,6 +91,10 @@ class FrozenBackbone(nn.Module):
     def text_parts(self) -> TextParts:
         raise ModelError(f"{self.model_id} has no text encoder; prompt learning needs a CLIP model")
 
+    def fallback_head_path(self, head_path: str | Path) -> str | None:  # noqa: ARG002 - no robust tower here
+        """The robust tower's own head paired with ``head_path``, if the model ships one (the tiny CLIP)."""
+        return None
+
     def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
         """A tower for images that look degraded, and the gate that decides (``SegmenterConfig.robust_fallback``);
         None for models without one (every model but the embedded tiny CLIP)."""

@@ -93,6 +93,15 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
         """What a quality gate is fitted to: these weights and these taps."""
         return f"{self.model_id}|taps={','.join(map(str, self.taps))}"
 
+    def fallback_head_path(self, head_path: str | Path) -> str | None:
+        """The robust tower's head paired with a head file by the shipped naming (``head-vlfss-tiny[-foldN]`` ->
+        ``head-vlfss-tiny-robust[-foldN]`` beside it), if that file exists; else None."""
+        p = Path(head_path)
+        if not p.name.startswith("head-vlfss-tiny") or p.name.startswith("head-vlfss-tiny-robust"):
+            return None
+        pair = p.with_name(p.name.replace("head-vlfss-tiny", "head-vlfss-tiny-robust", 1))
+        return str(pair) if pair.is_file() else None
+
     def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
         """The robust image tower and the gate fitted to this model's taps, for the embedded weights with their
         shipped gate; None for any other weights or taps (the gate would read features it was not fitted to)."""
