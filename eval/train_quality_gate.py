@@ -59,11 +59,10 @@ def features(seg: Segmenter, image: np.ndarray) -> torch.Tensor:
 
 def window_features(seg: Segmenter, image: np.ndarray) -> torch.Tensor:
     """The gate's features of each of a large image's slide windows (what the gate sees under slide inference)."""
-    window, stride = seg.window_geometry()
-    h, w = image.shape[:2]
-    canvas = slide.slide_canvas(h, w, window, seg.backbone.patch_size)
-    x = seg._to_input(image, canvas)
-    batch = slide.cut_windows(x, slide.window_boxes(*canvas, window, stride), window)
+    canvas, _, boxes = seg._plan(*image.shape[:2], None)  # the windows the segmenter would encode
+    if boxes is None:
+        raise ValueError(f"a {image.shape[0]}x{image.shape[1]} scene is not slid with {seg.cfg.inference=}")
+    batch = slide.cut_windows(seg._to_input(image, canvas), boxes, seg.window_geometry()[0])
     with torch.inference_mode():
         taps = seg.backbone.dense(batch, seg.variant).taps
     return gate_features(taps)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
 
+from vlfss.data.perturb import apply_image, parse_perturbation
 from vlfss.data.synthetic import generate_scene
 from vlfss.errors import ModelError
 from vlfss.modeling.backbones import build_backbone
@@ -23,7 +23,7 @@ def _scenes(n: int = 3) -> list[np.ndarray]:
 
 
 def _blur(image: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(sigma))).copy()
+    return apply_image(parse_perturbation(f"blur:{sigma}"), image)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from .cache import FeatureCache, content_hash
 from .modeling import slide
 from .modeling.backbones.base import FrozenBackbone
 from .modeling.config import SegmenterConfig
-from .modeling.fallback import count, dense_with_fallback
+from .modeling.fallback import dense_with_fallback
 from .modeling.quality_gate import QualityGate
 from .modeling.types import Encoded
 
@@ -89,10 +89,11 @@ class ImageEncoding:
                 feats = self.backbone.dense(batch, variant)
             else:
                 feats, flags = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant)
-                if count(flags):
-                    self.degraded_encodes += count(flags)
+                n = int(flags.sum())
+                if n:
+                    self.degraded_encodes += n
                     log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s",
-                             count(flags), len(flags), self.fallback.model_id)
+                             n, len(flags), self.fallback.model_id)
         return [t.float() for t in feats.taps], feats.z.float(), flags.float()
 
     def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]],

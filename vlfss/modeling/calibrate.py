@@ -30,6 +30,10 @@ from . import functional as fn
 from .config import REFINES
 from .types import ClassSpec, Encoded
 
+GRID: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 9))  # log-odds offsets tried (thresholds 0.12..0.88)
+ScorerFor = Callable[[list[ClassSpec]], Callable[[Encoded], Tensor]]  # specs -> (image -> N x H x W log-odds)
+Refiner = Callable[[Tensor, Tensor], Tensor]  # (3 x H x W image in [0, 1], (N+1) x H x W logits) -> refined
+
 
 def check_calibration(shrink: float, refines: Sequence[str]) -> None:
     """One line for a calibration setting out of range (SegmenterConfig.calibrate_shrink / calibrate_refine)."""
@@ -40,10 +44,6 @@ def check_calibration(shrink: float, refines: Sequence[str]) -> None:
     if bad:
         raise InputError(f"calibrate_refine={list(refines)}: {bad[0]!r} is not a refinement; "
                          f"use any of {', '.join(REFINES)}")
-
-GRID: tuple[float, ...] = tuple(0.25 * i for i in range(-8, 9))  # log-odds offsets tried (thresholds 0.12..0.88)
-ScorerFor = Callable[[list[ClassSpec]], Callable[[Encoded], Tensor]]  # specs -> (image -> N x H x W log-odds)
-Refiner = Callable[[Tensor, Tensor], Tensor]  # (3 x H x W image in [0, 1], (N+1) x H x W logits) -> refined
 
 
 @dataclass

@@ -6,7 +6,6 @@ batch are encoded a second time, by the robust tower. Unflagged images keep the 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .backbones.base import FrozenBackbone
@@ -31,8 +30,3 @@ def dense_with_fallback(backbone: FrozenBackbone, fallback: FrozenBackbone, gate
     merged = DenseFeatures(taps=[merge(a, b) for a, b in zip(feats.taps, alt.taps)], z=merge(feats.z, alt.z),
                            pooled=merge(feats.pooled, alt.pooled))
     return merged, flags.cpu()
-
-
-def count(flags: Tensor) -> int:
-    """How many images of a batch were flagged."""
-    return int(torch.as_tensor(flags).sum())

@@ -87,7 +87,8 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
             load_visual(self.model.visual, visual)
             self.model_id += f"+{weights_id(visual)}"
         self._checked: set[str] = set()
-        self._fallback: tuple | None = None  # robust_fallback's answer, once built
+        self._fallback: tuple[FrozenBackbone, QualityGate] | None = None  # robust_fallback's answer
+        self._fallback_built = False
 
     def gate_id(self) -> str:
         """What a quality gate is fitted to: these weights and these taps."""
@@ -105,15 +106,15 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
     def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
         """The robust image tower and the gate fitted to this model's taps, for the embedded weights with their
         shipped gate; None for any other weights or taps (the gate would read features it was not fitted to)."""
-        if self._fallback is None:  # built once per backbone and shared, like the backbone itself
-            self._fallback = (None,)
+        if not self._fallback_built:  # built once per backbone and shared, like the backbone itself
+            self._fallback_built = True
             if self.visual_file is None and GATE.is_file() and ROBUST_VISUAL.is_file():
                 gate = load_gate(GATE)
                 if gate.backbone == self.gate_id():
                     robust = TinyCLIPBackbone(self.weights_file, taps=self.taps, device=str(self.device),
                                               visual=str(ROBUST_VISUAL), name="vlfss-tiny-robust")
                     self._fallback = (robust, gate)
-        return self._fallback if self._fallback[0] is not None else None  # type: ignore[return-value]
+        return self._fallback
 
     def check_texts(self, texts: list[str]) -> None:
         """Warn, once per distinct text, about class texts outside the synthetic world."""
