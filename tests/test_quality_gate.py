@@ -13,7 +13,7 @@ from vlfss.errors import ModelError
 from vlfss.modeling.backbones import build_backbone
 from vlfss.modeling.backbones.tiny import GATE
 from vlfss.modeling.config import SegmenterConfig
-from vlfss.modeling.fallback import dense_with_fallback
+from vlfss.modeling.fallback import ROBUST, SHARP, dense_with_fallback
 from vlfss.modeling.quality_gate import QualityGate, gate_features, load_gate
 from vlfss.segmenter import Segmenter
 
@@ -28,8 +28,9 @@ def _blur(image: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segs() -> tuple[Segmenter, Segmenter]:
-    """(gated default, sharp tower only)."""
-    return (Segmenter.from_config(SegmenterConfig(mode="training-free")),
+    """(gated, flagged images straight to the robust tower; sharp tower only). The deblur is tested in
+    test_restore.py."""
+    return (Segmenter.from_config(SegmenterConfig(mode="training-free", deblur=False)),
             Segmenter.from_config(SegmenterConfig(mode="training-free", robust_fallback=False)))
 
 
@@ -62,6 +63,7 @@ def test_shipped_gate_fits_the_embedded_model():
     assert gate.backbone == backbone.gate_id()
     fb = backbone.robust_fallback()
     assert fb is not None and fb[0].model_id.startswith("vlfss-tiny-robust@")
+    assert fb[2] is not None and fb[2].backbone == gate.backbone  # the restorer, fitted to the same taps
 
 
 def test_sharp_images_keep_their_features_bit_for_bit(segs):
@@ -92,13 +94,13 @@ def test_degraded_images_are_encoded_by_the_robust_tower(segs):
 
 def test_merge_keeps_unflagged_rows():
     backbone = build_backbone("vlfss-tiny")
-    robust, gate = backbone.robust_fallback()
+    robust, gate, _ = backbone.robust_fallback()
     seg = Segmenter(backbone, SegmenterConfig(robust_fallback=False))
     batch = torch.stack([seg._to_input(_scenes(1)[0], (96, 96)), seg._to_input(_blur(_scenes(1)[0]), (96, 96))])
     with torch.inference_mode():
-        feats, flags = dense_with_fallback(backbone, robust, gate, batch, "plain")
+        feats, routes, sigmas = dense_with_fallback(backbone, robust, gate, batch, "plain")  # no restorer
         sharp = backbone.dense(batch, "plain")
-    assert flags.tolist() == [False, True]
+    assert routes.tolist() == [SHARP, ROBUST] and sigmas.tolist() == [0.0, 0.0]
     assert torch.equal(feats.z[0], sharp.z[0]) and not torch.equal(feats.z[1], sharp.z[1])
 
 
@@ -128,9 +130,10 @@ def test_eval_counts_the_images_sent_to_the_robust_tower(tmp_path, segs):
     kw = dict(folds=[0], shots=[1], episodes=3, modes="training-free", baselines=False, progress=False)
     gated = Segmenter.from_config(SegmenterConfig(mode="training-free"))
     clean = evaluate(gated, bench, **kw)
-    assert clean.cache["degraded_encodes"] == 0  # sharp scenes: the sharp tower only
+    assert clean.cache["degraded_encodes"] == clean.cache["deblurred_encodes"] == 0  # sharp: the sharp tower only
     res = evaluate(Segmenter.from_config(SegmenterConfig(mode="training-free")), bench, perturb=("blur:1.5",), **kw)
-    assert 0 < res.cache["degraded_encodes"] <= res.cache["image_encodes"] // 2  # blurred copies only
+    flagged = res.cache["degraded_encodes"] + res.cache["deblurred_encodes"]
+    assert 0 < flagged <= res.cache["image_encodes"] // 2  # blurred copies only
     assert [r["miou"] for r in res.rows if r["perturb"] == "clean"] == [r["miou"] for r in clean.rows]
 
 
@@ -148,7 +151,7 @@ def test_outputs_say_which_tower_encoded_the_image(segs, tiny_backbone):
 
 
 def test_queries_the_robust_tower_encoded_are_scored_with_its_own_head():
-    gated = Segmenter.from_config(SegmenterConfig(mode="learned"))
+    gated = Segmenter.from_config(SegmenterConfig(mode="learned", deblur=False))
     robust = Segmenter.from_config(SegmenterConfig(model="vlfss-tiny-robust", mode="learned", refine="pamr-area"))
     sharp = Segmenter.from_config(SegmenterConfig(mode="learned", robust_fallback=False))
     blurred, clean = _blur(_scenes(1)[0]), _scenes(1)[0]
@@ -157,7 +160,7 @@ def test_queries_the_robust_tower_encoded_are_scored_with_its_own_head():
     assert torch.allclose(a.logits, b.logits, atol=1e-4)  # robust tower + robust head, as vlfss-tiny-robust
     c, d = gated.segment(clean, texts=["stripes"]), sharp.segment(clean, texts=["stripes"])
     assert torch.equal(c.logits, d.logits)  # sharp images: exactly the sharp model
-    off = Segmenter.from_config(SegmenterConfig(mode="learned", robust_heads=False))
+    off = Segmenter.from_config(SegmenterConfig(mode="learned", robust_heads=False, deblur=False))
     assert not off.robust_heads
     assert not torch.allclose(off.segment(blurred, texts=["stripes"]).logits, a.logits, atol=1e-3)
 

@@ -90,11 +90,14 @@ class Segmenter(ImageEncoding, nn.Module):
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)
         self.degraded_encodes = 0  # of those, images the quality gate sent to the robust tower
+        self.deblurred_encodes = 0  # and images it flagged that were deblurred and kept the sharp tower
         fb = backbone.robust_fallback() if self.cfg.robust_fallback else None
         self.fallback = fb[0] if fb else None  # a submodule: it follows .to(device)
         self.gate = fb[1] if fb else None
-        # what cached features depend on: the model, and its fallback tower and gate when they are used
-        self.feature_id = backbone.model_id + (f"+fallback:{fb[0].model_id}:{fb[1].digest}" if fb else "")
+        self.restorer = fb[2] if fb and self.cfg.deblur else None
+        # what cached features depend on: the model, and its fallback tower, gate and restorer when they are used
+        self.feature_id = backbone.model_id + (f"+fallback:{fb[0].model_id}:{fb[1].digest}" if fb else "") + \
+            (f"+deblur:{self.restorer.digest}" if self.restorer is not None else "")
         self.robust_heads: dict[int, SegHead] = {}  # id(head) -> its robust-tower pair (pair_head)
 
     # ---------------------------------------------------------------------------------- building
@@ -293,10 +296,12 @@ class Segmenter(ImageEncoding, nn.Module):
         encoded = [self.encode(imgs, request.variant, side) for side in sides]  # per scale, per image
         # per-class log-odds, averaged over scales at each image's own size (multiscale)
         fg = [torch.stack([self.logits(q, request) for q in qs]).mean(0) for qs in zip(*encoded)]
-        shares = [sum(q.robust_share for q in qs) / len(qs) if self.gate is not None else None for qs in zip(*encoded)]
+        def share(qs: tuple[Encoded, ...], attr: str) -> float | None:  # mean over scales; None without the gate
+            return sum(getattr(q, attr) for q in qs) / len(qs) if self.gate is not None else None
+
         return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0], request.refine),
-                            request.class_names, share)
-                for img, f, share in zip(imgs, fg, shares)]
+                            request.class_names, share(qs, "robust_share"), share(qs, "deblurred_share"))
+                for img, f, qs in zip(imgs, fg, zip(*encoded))]
 
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:

@@ -167,9 +167,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"feature cache: {c['hits']} hits, {c['misses']} misses (hit rate {100 * c['hit_rate']:.1f}%); "
               f"{c['image_encodes']} image encodes for {c['distinct_images']} distinct images x "
               f"{len(c['variants'])} dense variant(s) ({', '.join(c['variants'])})"
-              + (f"; {c['degraded_encodes']} looked degraded and went to the robust tower"
-                 if c.get("degraded_encodes") else ""))
+              + degraded_line(c))
         for k, v in sorted(res.files.items()):
             if not k.startswith("episodes_"):
                 print(f"{k}: {v}")
     return 0
+
+
+def degraded_line(c: dict) -> str:
+    """What the quality gate did, for the feature-cache line ("" when it flagged nothing)."""
+    robust, sharp = c.get("degraded_encodes", 0), c.get("deblurred_encodes", 0)
+    if not robust + sharp:
+        return ""
+    return (f"; {robust + sharp} looked degraded: {robust} went to the robust tower"
+            + (f", {sharp} kept the sharp tower once deblurred" if sharp else ""))

@@ -36,6 +36,16 @@ def gate_features(taps: list[Tensor]) -> Tensor:
     return torch.cat(parts, dim=1)
 
 
+def mlp_apply(f: Tensor, mean: Tensor, std: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
+              bias2: Tensor | float) -> Tensor:
+    """A one-hidden-layer GELU MLP on standardised features: B x F -> B (``weight2`` H) or B x G (G x H)."""
+    d = f.device
+    x = (f - mean.to(d)) / std.to(d)
+    hidden = F.gelu(x @ weight1.to(d).T + bias1.to(d))
+    w2 = weight2.to(d)
+    return hidden @ (w2.T if w2.ndim == 2 else w2) + (bias2.to(d) if isinstance(bias2, Tensor) else bias2)
+
+
 @dataclass
 class QualityGate:
     """A one-hidden-layer MLP (GELU) on ``gate_features``, standardised by the training set's mean and spread."""
@@ -59,10 +69,7 @@ class QualityGate:
         if f.shape[1] != self.mean.numel():
             raise ModelError(f"quality gate for {self.backbone} reads {self.mean.numel()} features, got "
                              f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
-        d = f.device
-        x = (f - self.mean.to(d)) / self.std.to(d)
-        hidden = F.gelu(x @ self.weight1.to(d).T + self.bias1.to(d))
-        return hidden @ self.weight2.to(d) + self.bias
+        return mlp_apply(f, self.mean, self.std, self.weight1, self.bias1, self.weight2, self.bias)
 
     def flag(self, taps: list[Tensor]) -> Tensor:
         """B booleans: True where the image looks degraded."""

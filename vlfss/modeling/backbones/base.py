@@ -19,6 +19,7 @@ from ...errors import InputError, ModelError
 from ..config import ModelDefaults
 from ..dense import VARIANTS, DenseFeatures, ViTParts, default_taps, interpolate_pos_embed, vit_dense
 from ..quality_gate import QualityGate
+from ..restore import Restorer
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # vlfss/assets: shipped weights, heads, model configs
 
@@ -95,9 +96,10 @@ class FrozenBackbone(nn.Module):
         """The robust tower's own head paired with ``head_path``, if the model ships one (the tiny CLIP)."""
         return None
 
-    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
-        """A tower for images that look degraded, and the gate that decides (``SegmenterConfig.robust_fallback``);
-        None for models without one (every model but the embedded tiny CLIP)."""
+    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate, Restorer | None] | None:
+        """A tower for images that look degraded, the gate that decides (``SegmenterConfig.robust_fallback``) and
+        the restorer that may deblur them first (``SegmenterConfig.deblur``); None for models without one (every
+        model but the embedded tiny CLIP)."""
         return None
 
 

@@ -25,6 +25,7 @@ from ...data.synthetic import CLASS_NAMES, class_words
 from ...errors import ModelError
 from ..config import ModelDefaults
 from ..quality_gate import QualityGate, load_gate
+from ..restore import Restorer, load_restorer
 from .base import ASSETS, FrozenBackbone
 from .open_clip_backbone import OpenCLIPBackbone
 from .registry import register_backbone
@@ -36,6 +37,7 @@ TINY_WEIGHTS = ASSETS / f"{TINY_MODEL}.safetensors"
 ROBUST_VISUAL = ASSETS / "vlfss-tiny-robust-visual.safetensors"
 # its quality gate: which images the robust tower encodes instead (eval/train_quality_gate.py; docs/tiny-clip.md)
 GATE = ASSETS / "vlfss-tiny-gate.safetensors"
+RESTORER = ASSETS / "vlfss-tiny-restorer.safetensors"
 WEIGHTS_ENV = "VLFSS_TINY_WEIGHTS"  # overrides the embedded weights file (tests, re-trained copies)
 REAL_CLIP_HINT = "--model ViT-B-16 --pretrained openai (Python: build_segmenter('ViT-B-16', pretrained='openai'))"
 
@@ -87,7 +89,7 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
             load_visual(self.model.visual, visual)
             self.model_id += f"+{weights_id(visual)}"
         self._checked: set[str] = set()
-        self._fallback: tuple[FrozenBackbone, QualityGate] | None = None  # robust_fallback's answer
+        self._fallback: tuple[FrozenBackbone, QualityGate, Restorer | None] | None = None  # robust_fallback's answer
         self._fallback_built = False
 
     def gate_id(self) -> str:
@@ -103,9 +105,10 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
         pair = p.with_name(p.name.replace("head-vlfss-tiny", "head-vlfss-tiny-robust", 1))
         return str(pair) if pair.is_file() else None
 
-    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate] | None:
-        """The robust image tower and the gate fitted to this model's taps, for the embedded weights with their
-        shipped gate; None for any other weights or taps (the gate would read features it was not fitted to)."""
+    def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate, Restorer | None] | None:
+        """The robust image tower, the gate and the restorer fitted to this model's taps, for the embedded weights
+        with their shipped gate; None for any other weights or taps (the gate would read features it was not fitted
+        to). The restorer is None when its file is absent."""
         if not self._fallback_built:  # built once per backbone and shared, like the backbone itself
             self._fallback_built = True
             if self.visual_file is None and GATE.is_file() and ROBUST_VISUAL.is_file():
@@ -113,7 +116,10 @@ class TinyCLIPBackbone(OpenCLIPBackbone):
                 if gate.backbone == self.gate_id():
                     robust = TinyCLIPBackbone(self.weights_file, taps=self.taps, device=str(self.device),
                                               visual=str(ROBUST_VISUAL), name="vlfss-tiny-robust")
-                    self._fallback = (robust, gate)
+                    restorer = load_restorer(RESTORER) if RESTORER.is_file() else None
+                    if restorer is not None and restorer.backbone != gate.backbone:
+                        restorer = None
+                    self._fallback = (robust, gate, restorer)
         return self._fallback
 
     def check_texts(self, texts: list[str]) -> None:

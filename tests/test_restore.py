@@ -1,0 +1,137 @@
+"""Deblurring before the second encode: the Wiener maths, the spectrum features, the restorer's file and choices,
+and the embedded model's route for a flagged image (deblurred, then the tower the restorer names)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vlfss.data.perturb import apply_image, parse_perturbation
+from vlfss.data.synthetic import generate_scene
+from vlfss.errors import ModelError
+from vlfss.modeling.backbones.tiny import RESTORER
+from vlfss.modeling.config import SegmenterConfig
+from vlfss.modeling.fallback import DEBLURRED, ROBUST, SHARP, dense_with_fallback
+from vlfss.modeling.restore import (Restorer, gaussian_otf, load_restorer, spectrum_features,
+                                    wiener_deblur)
+from vlfss.segmenter import Segmenter
+
+
+def _scene(i: int = 0) -> np.ndarray:
+    return generate_scene(12345, i).image  # a world seed no split uses
+
+
+def _corrupt(image: np.ndarray, spec: str) -> np.ndarray:
+    return apply_image(parse_perturbation(spec), image)
+
+
+def _blur_fft(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A periodic Gaussian blur (exactly what the Wiener filter inverts, away from the padding)."""
+    otf = gaussian_otf(x.shape[-2], x.shape[-1], torch.tensor([sigma]))[:, None]
+    return torch.fft.irfft2(torch.fft.rfft2(x) * otf, s=x.shape[-2:])
+
+
+def test_wiener_deblur_undoes_a_gaussian_blur_and_leaves_sigma_zero_alone():
+    torch.manual_seed(0)
+    x = _blur_fft(torch.rand(2, 3, 48, 48), 0.6)  # detail up to about 0.4 cycles/pixel, as photos have
+    blurred = _blur_fft(x, 1.0)
+    restored = wiener_deblur(blurred, torch.tensor([1.0, 0.0]), k=1e-4, pad=0)
+    err_blurred = (blurred[0] - x[0]).abs().mean()
+    assert (restored[0] - x[0]).abs().mean() < 0.35 * err_blurred  # most of the lost detail comes back
+    assert torch.equal(restored[1], blurred[1])  # sigma 0: as it was
+    clamped = wiener_deblur(blurred, torch.tensor([1.0, 1.0]), 1e-4, torch.zeros(3), torch.ones(3))
+    assert clamped.min() >= 0 and clamped.max() <= 1
+
+
+def test_spectrum_features_see_blur_and_jpeg_blocks():
+    seg = Segmenter.from_config(SegmenterConfig(robust_fallback=False))
+    img = _scene()
+    x = torch.stack([seg._to_input(im, (96, 96)) for im in (img, _corrupt(img, "blur:1"), _corrupt(img, "jpeg:10"))])
+    f = spectrum_features(x)
+    assert f.shape == (3, 32)
+    assert f[1, 12:16].mean() < f[0, 12:16].mean() - 2  # blur: far less power in the outer rings
+    # JPEG's 8 x 8 blocks: the ring at 1/8 cycles/pixel has more of its power on the axes than the clean scene's
+    ring = int(0.125 / 0.5 * 16)
+    assert f[2, 16 + ring] > f[0, 16 + ring]
+
+
+def _restorer(**kw) -> Restorer:
+    base = dict(mean=torch.zeros(2 + 32), std=torch.ones(2 + 32), weight1=torch.zeros(4, 34), bias1=torch.zeros(4),
+                weight2=torch.zeros(4, 4), bias2=torch.tensor([0.0, 0.0, 5.0, 1.2]), k=1e-3, up_sigma=0.5,
+                up_tower=0, blur_offset=0.2, blur_tower=1, confidence=0.9, backbone="m|taps=1")
+    base.update(kw)
+    return Restorer(**base)
+
+
+def test_restorer_choices_follow_the_kind_and_its_confidence():
+    images = torch.zeros(2, 3, 16, 16)
+    feats = torch.zeros(2, 2)
+    sigma, robust = _restorer().choose(feats, images)  # sure it is blurred, sigma 1.2: 1.0 for the robust tower
+    assert torch.allclose(sigma, torch.tensor([1.0, 1.0])) and robust.tolist() == [True, True]
+    sigma, robust = _restorer(bias2=torch.tensor([0.0, 5.0, 0.0, 0.0])).choose(feats, images)  # upsampled
+    assert torch.allclose(sigma, torch.tensor([0.5, 0.5])) and robust.tolist() == [False, False]
+    unsure = _restorer(bias2=torch.tensor([0.0, 0.5, 0.0, 0.0]))  # not sure enough: the plain answer
+    sigma, robust = unsure.choose(feats, images)
+    assert sigma.tolist() == [0.0, 0.0] and robust.tolist() == [True, True]
+
+
+def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
+    r = _restorer()
+    r.save(tmp_path / "r.safetensors")
+    back = load_restorer(tmp_path / "r.safetensors")
+    assert (back.up_sigma, back.blur_offset, back.confidence, back.backbone) == (0.5, 0.2, 0.9, "m|taps=1")
+    assert back.digest and torch.equal(back.bias2, r.bias2)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a restorer")
+    with pytest.raises(ModelError, match="restorer .*bad.safetensors does not load"):
+        load_restorer(tmp_path / "bad.safetensors")
+    with pytest.raises(ModelError, match="reads 34 features, got 35"):
+        r.predict(torch.zeros(1, 3), torch.zeros(1, 3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def seg() -> Segmenter:
+    return Segmenter.from_config(SegmenterConfig(mode="training-free"))
+
+
+def test_shipped_restorer_is_used_by_default_and_changes_the_cache_key(seg):
+    assert RESTORER.is_file() and seg.restorer is not None
+    assert seg.restorer.backbone == seg.gate.backbone
+    off = Segmenter.from_config(SegmenterConfig(mode="training-free", deblur=False))
+    assert off.restorer is None and off.feature_id != seg.feature_id
+
+
+def test_an_upsampled_photo_is_deblurred_and_keeps_the_sharp_tower(seg):
+    """x1.5 and resized back: the restorer's clearest case (docs/tiny-clip.md)."""
+    bb, r = seg.backbone, seg.restorer
+    images = [_corrupt(_scene(i), "scale:1.5") for i in range(4)]
+    batch = torch.stack([seg._to_input(im, seg.encoder_size(*im.shape[:2])) for im in images])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats, routes, sigmas = dense_with_fallback(bb, seg.fallback, seg.gate, batch, seg.variant, r)
+    assert (routes == DEBLURRED).any()  # at least one of four is given back to the sharp tower
+    i = int((routes == DEBLURRED).nonzero()[0, 0])
+    assert float(sigmas[i]) == pytest.approx(r.up_sigma)
+    mean, std = torch.tensor(bb.mean), torch.tensor(bb.std)
+    x = wiener_deblur(batch[i:i + 1], sigmas[i:i + 1], r.k, -mean / std, (1 - mean) / std)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        again = bb.dense(x, seg.variant)
+    assert torch.allclose(feats.z[i].float(), again.z[0].float(), atol=1e-3)
+    out = seg.segment(images[i], texts=["stripes"])
+    assert out.deblurred == 1.0 and out.robust_tower == 0.0 and out.summary()["deblurred"] == 1.0
+
+
+def test_clean_images_are_never_deblurred(seg):
+    images = [_scene(i) for i in range(3)]
+    enc = seg.encode(images)
+    sharp = Segmenter.from_config(SegmenterConfig(mode="training-free", robust_fallback=False)).encode(images)
+    assert all(torch.equal(a.z, b.z) for a, b in zip(enc, sharp))
+    assert all(e.deblurred_share == 0.0 and e.robust_share == 0.0 for e in enc)
+    assert seg.segment(images[0], texts=["stripes"]).summary()["deblurred"] == 0.0
+
+
+def test_routes_without_a_restorer_are_the_gates_alone(seg):
+    img = _scene()
+    batch = torch.stack([seg._to_input(im, (96, 96)) for im in (img, _corrupt(img, "blur:1.5"))])
+    with torch.inference_mode():
+        _, routes, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, None)
+    assert routes.tolist() == [SHARP, ROBUST] and sigmas.tolist() == [0.0, 0.0]

@@ -1,0 +1,147 @@
+"""Non-blind deblurring of encoder inputs: Wiener deconvolution with a Gaussian point-spread function.
+
+Blur, JPEG and resampling remove the fine detail a small CLIP tells its classes apart by. Much of it is attenuated,
+not gone: a Gaussian blur of sigma s multiplies frequency f (cycles per pixel) by exp(-2 pi^2 s^2 f^2), and
+dividing by that (regularised where it is tiny, Wiener's filter) brings the detail back above the quantisation
+noise. Pure functions on normalised encoder batches; which sigma to use is estimated elsewhere (the restorer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import Tensor
+
+from ..errors import ModelError
+from ..io_utils import atomic_save_safetensors
+from .quality_gate import mlp_apply
+
+
+def gaussian_otf(h: int, w: int, sigma: Tensor) -> Tensor:
+    """B x h x (w // 2 + 1) transfer functions of Gaussian blurs with per-image ``sigma`` (B), for ``rfft2``."""
+    fy = torch.fft.fftfreq(h, dtype=torch.float32, device=sigma.device).view(1, -1, 1)
+    fx = torch.fft.rfftfreq(w, dtype=torch.float32, device=sigma.device).view(1, 1, -1)
+    s2 = sigma.float().view(-1, 1, 1) ** 2
+    return torch.exp(-2 * math.pi ** 2 * s2 * (fx ** 2 + fy ** 2))
+
+
+def wiener_deblur(images: Tensor, sigma: Tensor, k: float, low: Tensor | None = None,
+                  high: Tensor | None = None, pad: int = 16) -> Tensor:
+    """B x C x H x W images deblurred by a Gaussian of per-image ``sigma`` (B, pixels; 0 leaves an image as it is).
+
+    ``k`` is the noise-to-signal ratio of Wiener's filter (smaller sharpens more and rings more). Images are
+    reflect-padded by ``pad`` so the FFT's wrap-around does not bleed one border into the other; ``low`` / ``high``
+    (C values) clamp the result to the input's valid range (e.g. the normalised 0 and 1)."""
+    b, c, h, w = images.shape
+    p = min(pad, h - 1, w - 1)
+    x = F.pad(images.float(), (p, p, p, p), mode="reflect") if p > 0 else images.float()
+    otf = gaussian_otf(x.shape[-2], x.shape[-1], sigma.to(images.device))
+    filt = (otf / (otf ** 2 + k)).unsqueeze(1)
+    out = torch.fft.irfft2(torch.fft.rfft2(x) * filt, s=x.shape[-2:])[..., p:p + h, p:p + w]
+    if low is not None and high is not None:
+        out = torch.maximum(torch.minimum(out, high.view(1, -1, 1, 1)), low.view(1, -1, 1, 1))
+    return torch.where(sigma.to(images.device).view(-1, 1, 1, 1) > 0, out.to(images.dtype), images)
+
+
+RESTORER_FORMAT = "vlfss-restorer-v1"
+RESTORER_TENSORS = ("mean", "std", "weight1", "bias1", "weight2", "bias2")
+KINDS = ("other", "upsampled", "blurred")  # what the restorer tells apart (other: JPEG, downsampling, ...)
+
+
+@dataclass
+class Restorer:
+    """How to encode an image the quality gate flagged: which deblur, then which tower.
+
+    An MLP reads the gate's features and the image's spectrum (``spectrum_features``) and says what kind of
+    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best response
+    (``eval/train_restorer.py``, on training scenes: the deblur and tower whose features come closest to the clean
+    scene's): an upsampled image is deblurred by ``up_sigma`` and goes back to the ``up_tower``; a blurred one is
+    deblurred by its sigma less ``blur_offset`` for the ``blur_tower``; anything else, or any call less sure than
+    ``confidence``, gets the gate's plain answer: the robust tower, no deblur.
+    """
+
+    mean: Tensor  # F
+    std: Tensor  # F
+    weight1: Tensor  # H x F
+    bias1: Tensor  # H
+    weight2: Tensor  # 4 x H: the kinds' logits, then the blur sigma
+    bias2: Tensor  # 4
+    k: float  # Wiener noise-to-signal ratio
+    up_sigma: float
+    up_tower: int  # 0 sharp, 1 robust
+    blur_offset: float
+    blur_tower: int
+    confidence: float
+    backbone: str  # the model id whose taps it reads (as the gate's)
+    digest: str = ""
+
+    def predict(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B x 3 kind probabilities, B blur sigmas) for B x F gate features of B normalised images."""
+        f = torch.cat([features.float(), spectrum_features(images).to(features.device)], dim=1)
+        if f.shape[1] != self.mean.numel():
+            raise ModelError(f"restorer for {self.backbone} reads {self.mean.numel()} features, got "
+                             f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
+        out = mlp_apply(f, self.mean, self.std, self.weight1, self.bias1, self.weight2, self.bias2)
+        return out[:, :3].softmax(1), out[:, 3]
+
+    def choose(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(B deblur sigmas, 0 for none; B booleans, True for the robust tower) for flagged images."""
+        prob, blur = self.predict(features, images)
+        p, kind = prob.max(1)
+        kind = torch.where(p >= self.confidence, kind, 0).cpu()
+        blur = (blur.cpu() - self.blur_offset).clamp(min=0)
+        sigma = torch.where(kind == 1, self.up_sigma, torch.where(kind == 2, blur, 0.0))
+        robust = torch.where(kind == 1, bool(self.up_tower), torch.where(kind == 2, bool(self.blur_tower), True))
+        return sigma, robust
+
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        meta = {"format": RESTORER_FORMAT, **{k: getattr(self, k) for k in SCALARS}, **(extra or {})}
+        tensors = {k: getattr(self, k).detach().float().contiguous() for k in RESTORER_TENSORS}
+        atomic_save_safetensors(tensors, path, {"vlfss": json.dumps(meta)})
+
+
+SCALARS = ("k", "up_sigma", "up_tower", "blur_offset", "blur_tower", "confidence", "backbone")
+
+
+def load_restorer(path: str | Path) -> Restorer:
+    """A restorer saved by ``Restorer.save``; one clear error for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["vlfss"])
+            tensors = {k: f.get_tensor(k) for k in RESTORER_TENSORS}
+        if meta.get("format") != RESTORER_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}")
+        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+        return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest)
+    except Exception as e:  # missing, not safetensors, or another kind of file
+        raise ModelError(f"restorer {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
+                         "reinstall vlfss or refit it with eval/train_restorer.py") from None
+
+
+def spectrum_features(images: Tensor, bins: int = 16) -> Tensor:
+    """B x 2*bins features of the blur and blockiness an image's spectrum shows: the log power of its grey levels
+    (Hann-windowed) in ``bins`` rings of spatial frequency up to 0.5 cycles/pixel, relative to its total, and how
+    much of each ring's power lies on the two axes (JPEG's 8 x 8 blocks put theirs there)."""
+    g = images.float().mean(1)
+    g = g - g.mean(dim=(-2, -1), keepdim=True)
+    h, w = g.shape[-2:]
+    win = torch.outer(torch.hann_window(h, periodic=False, device=g.device),
+                      torch.hann_window(w, periodic=False, device=g.device))
+    power = torch.fft.rfft2(g * win).abs() ** 2
+    fy = torch.fft.fftfreq(h, device=g.device).view(-1, 1).abs()
+    fx = torch.fft.rfftfreq(w, device=g.device).view(1, -1)
+    ring = torch.clamp((torch.sqrt(fx ** 2 + fy ** 2) / 0.5 * bins).long(), max=bins)  # bins: the corners, dropped
+    axis = ((fx < 0.5 / w) | (fy < 0.5 / h)).expand_as(ring)
+    total = power.flatten(1).sum(1, keepdim=True) + 1e-12
+    onehot = F.one_hot(ring.flatten(), bins + 1)[:, :bins].float()  # (h * w') x bins
+    p = power.flatten(1)
+    band = p @ onehot
+    on_axis = (p * axis.flatten().float()) @ onehot
+    return torch.cat([torch.log(band / total + 1e-12), on_axis / (band + 1e-12)], dim=1)
