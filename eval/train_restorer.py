@@ -1,27 +1,23 @@
 """Fit and check the embedded tiny CLIP's restorer (vlfss/assets/vlfss-tiny-restorer.safetensors).
 
-An image the quality gate flags is encoded a second time (``SegmenterConfig.deblur``; docs/tiny-clip.md "Deblurring
-before the second encode"). The restorer says how: it recognises the kind of degradation (upsampled, blurred with
-which sigma, or other: JPEG, downsampling) from the gate's features and the image's spectrum, and applies that
-kind's best response: a Wiener deblur by some sigma (0: none), then the sharp or the robust tower.
+An image the quality gate flags is encoded a second time, by the robust tower (``SegmenterConfig.robust_fallback``),
+and deblurred first (``SegmenterConfig.deblur``; docs/tiny-clip.md "Deblurring flagged images") when the restorer
+finds it upsampled or blurred. The restorer reads the gate's features and the image's spectrum and names the kind
+of degradation (``KINDS``: other, e.g. JPEG; upsampled; blurred, with its sigma; downsampled); each kind has one
+response, a Wiener deblur by some sigma (none for other and downsampled: their detail is not attenuated but gone).
 
-"Best" is measured, never assumed: for every training scene, under one random corruption (Gaussian blur sigma
-0.3..1.6, rescaling x0.55..0.85 or x1.2..2 and back to the encoder's input, JPEG quality 10..60), every candidate
-(each deblur sigma of ``GRID`` by each tower) is encoded and its distance to the sharp tower's features of the
-**clean** scene (mean squared error per tap and for the text-aligned output, each over the clean features'
-variance, summed: the robust tower's distillation target) is recorded. On the **train** split the script fits the
-MLP (kinds by cross-entropy, the blur sigma by squared error) and reads each kind's response off the mean
-distances: the best candidate for upsampled scenes, and for blurred ones the tower and the offset below the true
-sigma. ``confidence`` (below it the plain answer stands: the robust tower, no deblur) is chosen on the **val**
-split, by the mean distance over the images the gate flags. The **test** split is the report: per corruption of
-``vlfss eval --perturb``, the flagged images' mean distance with the plain answer, with the restorer's choice
-(its sigma rounded to the grid) and with the best candidate, and what was chosen.
+The responses are measured, not assumed: every training scene, under one random corruption (Gaussian blur sigma
+0.3..1.6, rescaling x0.55..0.85 or x1.2..2 and back to the encoder's input, JPEG quality 10..60), is deblurred by
+every sigma of ``GRID`` and encoded by the robust tower, and the distance of those features to the sharp tower's
+features of the **clean** scene (mean squared error per tap and for the text-aligned output, each over the clean
+features' variance, summed: the robust tower's distillation target) is recorded. On the **train** split the
+script fits the MLP (kinds by cross-entropy, the blur sigma by squared error) and reads the responses off the mean
+distances: the best sigma for upsampled scenes, and for blurred ones the best offset below the true sigma. The
+**val** split chooses ``confidence`` (below it no deblur) by the mean distance over the images the gate flags; the
+**test** split is the report: per corruption of ``vlfss eval --perturb``, the flagged images' mean distance
+without a deblur, with the restorer's (its sigma rounded to the grid) and with the best one.
 
-The shipped asset was made with ``--confidence 0.5``: on the val split the distances tied (0.7234 to 0.7292 for
-every confidence), and 0.5 scored higher learned mIoU than 0.7 on the val split's blurred and upsampled scenes
-(``vlfss eval --split val``, 25 episodes per fold; docs/tiny-clip.md).
-
-    python eval/train_restorer.py --confidence 0.5   # 16 min here; writes the asset and runs/restorer.json
+    python eval/train_restorer.py          # about 10 min here; writes the asset and runs/restorer.json
     python eval/train_restorer.py --train 300 --val 100 --test 50 --out /tmp/r.safetensors   # a quick check
 """
 
@@ -42,10 +38,11 @@ sys.path.insert(0, str(REPO))
 from vlfss.data import build_benchmark  # noqa: E402
 from vlfss.data.perturb import apply_image, parse_perturbation  # noqa: E402
 from vlfss.io_utils import atomic_write_text  # noqa: E402
+from vlfss.modeling.backbones.base import FrozenBackbone  # noqa: E402
 from vlfss.modeling.backbones.tiny import RESTORER  # noqa: E402
 from vlfss.modeling.config import SegmenterConfig  # noqa: E402
 from vlfss.modeling.quality_gate import gate_features  # noqa: E402
-from vlfss.modeling.restore import Restorer, spectrum_features, wiener_deblur  # noqa: E402
+from vlfss.modeling.restore import KINDS, Restorer, spectrum_features, wiener_deblur  # noqa: E402
 from vlfss.segmenter import Segmenter  # noqa: E402
 
 GRID = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5)
@@ -69,7 +66,7 @@ def random_corruption(rng: np.random.Generator) -> str:
 class Measure:
     """Every candidate's feature distance to the clean scene, and the gate's view of the corrupted one."""
 
-    def __init__(self, k: float) -> None:
+    def __init__(self, k: float) -> None:  # noqa: D107
         self.seg = Segmenter.from_config(SegmenterConfig(model="vlfss-tiny", mode="training-free", deblur=False,
                                                          feature_cache_items=8))
         if self.seg.fallback is None or self.seg.gate is None:
@@ -82,31 +79,28 @@ class Measure:
     def _input(self, image: np.ndarray) -> torch.Tensor:
         return self.seg._to_input(image, self.seg.encoder_size(*image.shape[:2]))
 
-    def _dense(self, tower, batch: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _dense(self, tower: FrozenBackbone, batch: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             d = tower.dense(batch, self.seg.variant)
         return [t.float() for t in d.taps], d.z.float()
 
     def __call__(self, clean: np.ndarray,
-                 corrupted: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """(gate + spectrum features, the corrupted encoder input, distances C = sharp candidates then robust
-        ones, the gate's score)."""
+                 corrupted: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, float]:
+        """(gate + spectrum features, the corrupted encoder input, the robust tower's distance after each deblur of
+        ``GRID``, the gate's score); None features when the corrupted input has another size."""
         x0, xc = self._input(clean)[None], self._input(corrupted)
         if xc.shape != x0.shape[1:]:  # a rescaled scene whose sides round to another patch multiple
             return None, xc, None, 0.0
-        batch = wiener_deblur(xc[None].expand(len(GRID), -1, -1, -1), self.sigmas, self.k, self.low, self.high)
         taps0, z0 = self._dense(self.seg.backbone, x0)
-        dist = []
-        for tower in (self.seg.backbone, self.seg.fallback):
-            taps, z = self._dense(tower, batch)
-            d = ((z - z0) ** 2).mean(dim=(1, 2, 3)) / z0.var()
-            for t, t0 in zip(taps, taps0):
-                d = d + ((t - t0) ** 2).mean(dim=(1, 2, 3)) / t0.var()
-            dist.append(d)
-            if tower is self.seg.backbone:
-                feats = gate_features([t[:1] for t in taps])[0]  # sigma 0: the corrupted image as it is
+        taps_c, _ = self._dense(self.seg.backbone, xc[None])
+        feats = gate_features(taps_c)[0]
+        batch = wiener_deblur(xc[None].expand(len(GRID), -1, -1, -1), self.sigmas, self.k, self.low, self.high)
+        taps, z = self._dense(self.seg.fallback, batch)
+        dist = ((z - z0) ** 2).mean(dim=(1, 2, 3)) / z0.var()
+        for t, t0 in zip(taps, taps0):
+            dist = dist + ((t - t0) ** 2).mean(dim=(1, 2, 3)) / t0.var()
         score = float(self.seg.gate.score_features(feats[None])[0])
-        return torch.cat([feats, spectrum_features(xc[None])[0]]), xc, torch.cat(dist), score
+        return torch.cat([feats, spectrum_features(xc[None])[0]]), xc, dist, score
 
 
 def collect(measure: Measure, split: str, n: int, rng: np.random.Generator, spec: str | None = None
@@ -133,24 +127,27 @@ def kind_of(spec: str) -> tuple[int, float]:
     """(kind index in KINDS, blur sigma or 0) of a corruption spec."""
     p = parse_perturbation(spec)
     if p.kind == "blur":
-        return 2, float(p.value)
-    return (1 if p.kind == "scale" and p.value > 1 else 0), 0.0
+        return KINDS.index("blurred"), float(p.value)
+    if p.kind == "scale":
+        return KINDS.index("upsampled" if p.value > 1 else "downsampled"), 0.0
+    return KINDS.index("other"), 0.0
 
 
 def fit(x: torch.Tensor, kinds: torch.Tensor, blur: torch.Tensor, hidden: int, weight_decay: float, steps: int,
         seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
-    """Standardise and fit a one-hidden-layer MLP: three kind logits (cross-entropy) and the blur sigma (squared
+    """Standardise and fit a one-hidden-layer MLP: the kinds' logits (cross-entropy) and the blur sigma (squared
     error, blurred scenes only); AdamW, batches of 256."""
     torch.manual_seed(seed)
     mean, std = x.mean(0), x.std(0) + 1e-6
     a = (x - mean) / std
-    mlp = torch.nn.Sequential(torch.nn.Linear(a.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 4))
+    n = len(KINDS)
+    mlp = torch.nn.Sequential(torch.nn.Linear(a.shape[1], hidden), torch.nn.GELU(), torch.nn.Linear(hidden, n + 1))
     opt = torch.optim.AdamW(mlp.parameters(), 1e-3, weight_decay=weight_decay)
     for _ in range(steps):
         idx = torch.randint(0, len(a), (256,))
-        out, is_blur = mlp(a[idx]), (kinds[idx] == 2).float()
-        loss = F.cross_entropy(out[:, :3], kinds[idx]) + \
-            (is_blur * (out[:, 3] - blur[idx]) ** 2).sum() / is_blur.sum().clamp(min=1)
+        out, is_blur = mlp(a[idx]), (kinds[idx] == KINDS.index("blurred")).float()
+        loss = F.cross_entropy(out[:, :n], kinds[idx]) + \
+            (is_blur * (out[:, n] - blur[idx]) ** 2).sum() / is_blur.sum().clamp(min=1)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -162,31 +159,23 @@ def nearest(sigma: float) -> int:
 
 
 def responses(d: torch.Tensor, kinds: torch.Tensor, blur: torch.Tensor) -> dict:
-    """Each kind's best response from training distances (N x C: sharp candidates, then robust ones)."""
-    g = len(GRID)
-    up = int(d[kinds == 1].mean(0).argmin())
-    best = (float("inf"), 1, 0.0)
-    rows = (kinds == 2).nonzero()[:, 0]
-    for tower in (0, 1):
-        for off in OFFSETS:
-            cols = torch.tensor([tower * g + nearest(max(0.0, float(blur[i]) - off)) for i in rows])
-            best = min(best, (float(d[rows, cols].mean()), tower, off))
-    return {"up_sigma": GRID[up % g], "up_tower": up // g, "blur_tower": best[1], "blur_offset": best[2]}
-
-
-def candidate(sigma: float, robust: bool) -> int:
-    """The column of a (sigma, tower) choice, its sigma rounded to the grid."""
-    return int(robust) * len(GRID) + nearest(sigma)
+    """Each kind's best deblur from training distances (N x len(GRID)): upsampled scenes' best sigma, and the
+    offset below the true sigma that serves blurred scenes best."""
+    up = int(d[kinds == KINDS.index("upsampled")].mean(0).argmin())
+    rows = (kinds == KINDS.index("blurred")).nonzero()[:, 0]
+    cost = {off: float(d[rows, torch.tensor([nearest(max(0.0, float(blur[i]) - off)) for i in rows])].mean())
+            for off in OFFSETS}
+    return {"up_sigma": GRID[up], "blur_offset": min(OFFSETS, key=lambda o: (cost[o], o))}
 
 
 def summary(restorer: Restorer, x: torch.Tensor, inputs: torch.Tensor, d: torch.Tensor) -> dict:
-    """Mean distances of flagged images: the plain answer (robust, no deblur), the restorer's, the best."""
-    sig, robust = restorer.choose(x[:, :-SPECTRUM], inputs)
-    pick = torch.tensor([candidate(float(s), bool(r)) for s, r in zip(sig, robust)])
-    return {"images": len(x), "plain": round(float(d[:, len(GRID)].mean()), 4),
+    """Mean distances of flagged images: no deblur (the gate alone), the restorer's (its sigma rounded to the
+    grid), the best deblur; how many were deblurred and by how much."""
+    sig = restorer.sigma(x[:, :-SPECTRUM], inputs)
+    pick = torch.tensor([nearest(float(s)) for s in sig])
+    return {"images": len(x), "plain": round(float(d[:, 0].mean()), 4),
             "chosen": round(float(d[torch.arange(len(d)), pick].mean()), 4),
-            "best": round(float(d.min(1).values.mean()), 4),
-            "sharp_tower": int((~robust).sum()), "deblurred": int((sig > 0).sum()),
+            "best": round(float(d.min(1).values.mean()), 4), "deblurred": int((sig > 0).sum()),
             "mean_sigma_deblurred": round(float(sig[sig > 0].mean()), 3) if bool((sig > 0).any()) else 0.0}
 
 

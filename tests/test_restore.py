@@ -1,5 +1,5 @@
-"""Deblurring before the second encode: the Wiener maths, the spectrum features, the restorer's file and choices,
-and the embedded model's route for a flagged image (deblurred, then the tower the restorer names)."""
+"""Deblurring flagged images: the Wiener maths, the spectrum features, the restorer's file and choices, and the
+embedded model's path for a flagged image (deblurred where the restorer says so, then the robust tower)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from vlfss.data.synthetic import generate_scene
 from vlfss.errors import ModelError
 from vlfss.modeling.backbones.tiny import RESTORER
 from vlfss.modeling.config import SegmenterConfig
-from vlfss.modeling.fallback import DEBLURRED, ROBUST, SHARP, dense_with_fallback
-from vlfss.modeling.restore import (Restorer, gaussian_otf, load_restorer, spectrum_features,
-                                    wiener_deblur)
+from vlfss.modeling.fallback import dense_with_fallback
+from vlfss.modeling.restore import Restorer, gaussian_otf, load_restorer, spectrum_features, wiener_deblur
 from vlfss.segmenter import Segmenter
 
 
@@ -57,23 +56,23 @@ def test_spectrum_features_see_blur_and_jpeg_blocks():
 
 
 def _restorer(**kw) -> Restorer:
+    """A restorer whose MLP ignores its input: the kinds' logits and the blur sigma are its output bias."""
     base = dict(mean=torch.zeros(2 + 32), std=torch.ones(2 + 32), weight1=torch.zeros(4, 34), bias1=torch.zeros(4),
-                weight2=torch.zeros(4, 4), bias2=torch.tensor([0.0, 0.0, 5.0, 1.2]), k=1e-3, up_sigma=0.5,
-                up_tower=0, blur_offset=0.2, blur_tower=1, confidence=0.9, backbone="m|taps=1")
+                weight2=torch.zeros(5, 4), bias2=torch.tensor([0.0, 0.0, 5.0, 0.0, 1.2]), k=1e-3, up_sigma=0.5,
+                blur_offset=0.2, confidence=0.9, backbone="m|taps=1")
     base.update(kw)
     return Restorer(**base)
 
 
-def test_restorer_choices_follow_the_kind_and_its_confidence():
-    images = torch.zeros(2, 3, 16, 16)
-    feats = torch.zeros(2, 2)
-    sigma, robust = _restorer().choose(feats, images)  # sure it is blurred, sigma 1.2: 1.0 for the robust tower
-    assert torch.allclose(sigma, torch.tensor([1.0, 1.0])) and robust.tolist() == [True, True]
-    sigma, robust = _restorer(bias2=torch.tensor([0.0, 5.0, 0.0, 0.0])).choose(feats, images)  # upsampled
-    assert torch.allclose(sigma, torch.tensor([0.5, 0.5])) and robust.tolist() == [False, False]
-    unsure = _restorer(bias2=torch.tensor([0.0, 0.5, 0.0, 0.0]))  # not sure enough: the plain answer
-    sigma, robust = unsure.choose(feats, images)
-    assert sigma.tolist() == [0.0, 0.0] and robust.tolist() == [True, True]
+def test_restorer_deblurs_by_the_kind_and_its_confidence():
+    images, feats = torch.zeros(2, 3, 16, 16), torch.zeros(2, 2)
+    assert torch.allclose(_restorer().sigma(feats, images), torch.tensor([1.0, 1.0]))  # blurred, 1.2 less 0.2
+    up = _restorer(bias2=torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
+    assert up.sigma(feats, images).tolist() == [0.5, 0.5]
+    down = _restorer(bias2=torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))  # downsampled: the detail is gone
+    assert down.sigma(feats, images).tolist() == [0.0, 0.0]
+    unsure = _restorer(bias2=torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0]))  # not sure enough: no deblur
+    assert unsure.sigma(feats, images).tolist() == [0.0, 0.0]
 
 
 def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
@@ -101,23 +100,28 @@ def test_shipped_restorer_is_used_by_default_and_changes_the_cache_key(seg):
     assert off.restorer is None and off.feature_id != seg.feature_id
 
 
-def test_an_upsampled_photo_is_deblurred_and_keeps_the_sharp_tower(seg):
-    """x1.5 and resized back: the restorer's clearest case (docs/tiny-clip.md)."""
+def test_a_blurred_photo_is_deblurred_before_the_robust_tower_encodes_it(seg):
     bb, r = seg.backbone, seg.restorer
-    images = [_corrupt(_scene(i), "scale:1.5") for i in range(4)]
-    batch = torch.stack([seg._to_input(im, seg.encoder_size(*im.shape[:2])) for im in images])
+    images = [_corrupt(_scene(i), "blur:1") for i in range(4)]
+    batch = torch.stack([seg._to_input(im, (96, 96)) for im in images])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        feats, routes, sigmas = dense_with_fallback(bb, seg.fallback, seg.gate, batch, seg.variant, r)
-    assert (routes == DEBLURRED).any()  # at least one of four is given back to the sharp tower
-    i = int((routes == DEBLURRED).nonzero()[0, 0])
-    assert float(sigmas[i]) == pytest.approx(r.up_sigma)
+        feats, flags, sigmas = dense_with_fallback(bb, seg.fallback, seg.gate, batch, seg.variant, r)
+    assert flags.all() and (sigmas > 0.5).all() and (sigmas < 1.2).all()  # near the true sigma, less the offset
     mean, std = torch.tensor(bb.mean), torch.tensor(bb.std)
-    x = wiener_deblur(batch[i:i + 1], sigmas[i:i + 1], r.k, -mean / std, (1 - mean) / std)
+    x = wiener_deblur(batch, sigmas, r.k, -mean / std, (1 - mean) / std)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        again = bb.dense(x, seg.variant)
-    assert torch.allclose(feats.z[i].float(), again.z[0].float(), atol=1e-3)
-    out = seg.segment(images[i], texts=["stripes"])
-    assert out.deblurred == 1.0 and out.robust_tower == 0.0 and out.summary()["deblurred"] == 1.0
+        robust = seg.fallback.dense(x, seg.variant)
+    assert torch.allclose(feats.z.float(), robust.z.float(), atol=1e-3)
+    out = seg.segment(images[0], texts=["stripes"])
+    assert out.deblurred == 1.0 and out.robust_tower == 1.0 and out.summary()["deblurred"] == 1.0
+
+
+def test_jpeg_is_not_deblurred(seg):
+    images = [_corrupt(_scene(i), "jpeg:20") for i in range(4)]
+    batch = torch.stack([seg._to_input(im, (96, 96)) for im in images])
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, flags, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, seg.restorer)
+    assert flags.any() and (sigmas[flags] == 0).float().mean() >= 0.75
 
 
 def test_clean_images_are_never_deblurred(seg):
@@ -129,9 +133,9 @@ def test_clean_images_are_never_deblurred(seg):
     assert seg.segment(images[0], texts=["stripes"]).summary()["deblurred"] == 0.0
 
 
-def test_routes_without_a_restorer_are_the_gates_alone(seg):
+def test_without_a_restorer_flagged_images_are_not_deblurred(seg):
     img = _scene()
     batch = torch.stack([seg._to_input(im, (96, 96)) for im in (img, _corrupt(img, "blur:1.5"))])
     with torch.inference_mode():
-        _, routes, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, None)
-    assert routes.tolist() == [SHARP, ROBUST] and sigmas.tolist() == [0.0, 0.0]
+        _, flags, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, None)
+    assert flags.tolist() == [False, True] and sigmas.tolist() == [0.0, 0.0]

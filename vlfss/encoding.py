@@ -20,7 +20,7 @@ from .cache import FeatureCache, content_hash
 from .modeling import slide
 from .modeling.backbones.base import FrozenBackbone
 from .modeling.config import SegmenterConfig
-from .modeling.fallback import DEBLURRED, ROBUST, dense_with_fallback
+from .modeling.fallback import dense_with_fallback
 from .modeling.quality_gate import QualityGate
 from .modeling.restore import Restorer
 from .modeling.types import Encoded
@@ -37,10 +37,10 @@ class ImageEncoding:
     feature_id: str  # what cached features depend on (the model, and its fallback tower and gate when used)
     fallback: FrozenBackbone | None  # the robust tower for images the gate flags (vlfss-tiny), else None
     gate: QualityGate | None
-    restorer: Restorer | None  # picks the deblur for flagged images (SegmenterConfig.deblur)
+    restorer: Restorer | None  # picks the deblur of flagged images (SegmenterConfig.deblur)
     image_encodes: int  # images actually run through the encoder (cache misses)
     degraded_encodes: int  # of those, images the gate sent to the robust tower
-    deblurred_encodes: int  # of those, images the gate flagged that kept the sharp tower once deblurred
+    deblurred_encodes: int  # of those, images deblurred before the robust tower encoded them
 
     def encoder_size(self, h: int, w: int, side: int | None = None) -> tuple[int, int]:
         """Long side -> ``side`` (default input_size), sides rounded to multiples of the patch size (>= one patch)."""
@@ -92,17 +92,16 @@ class ImageEncoding:
             if self.fallback is None:
                 feats = self.backbone.dense(batch, variant)
             else:
-                feats, routes, sigmas = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant,
-                                                            self.restorer)
-                flags, deblurred = routes == ROBUST, sigmas > 0
-                n, d = int(flags.sum()), int((routes == DEBLURRED).sum())
-                self.degraded_encodes += n
-                self.deblurred_encodes += d
-                if n or d:
-                    log.info("%d of %d images look degraded (blur, JPEG or resampling): %d deblurred (sigma %s); "
-                             "%d encoded again by %s, %d by the sharp tower", n + d, len(flags), int(deblurred.sum()),
-                             ", ".join(f"{s:.2f}" for s in sigmas[deblurred].tolist()) or "-", n,
-                             self.fallback.model_id, d)
+                feats, flags, sigmas = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant,
+                                                           self.restorer)
+                deblurred = sigmas > 0
+                n, d = int(flags.sum()), int(deblurred.sum())
+                if n:
+                    self.degraded_encodes += n
+                    self.deblurred_encodes += d
+                    log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s, %d deblurred "
+                             "first (sigma %s)", n, len(flags), self.fallback.model_id, d,
+                             ", ".join(f"{s:.2f}" for s in sigmas[deblurred].tolist()) or "-")
         return [t.float() for t in feats.taps], feats.z.float(), flags.float(), deblurred.float()
 
     def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]],

@@ -90,7 +90,7 @@ class Segmenter(ImageEncoding, nn.Module):
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)
         self.degraded_encodes = 0  # of those, images the quality gate sent to the robust tower
-        self.deblurred_encodes = 0  # and images it flagged that were deblurred and kept the sharp tower
+        self.deblurred_encodes = 0  # of those, images deblurred before the robust tower encoded them
         fb = backbone.robust_fallback() if self.cfg.robust_fallback else None
         self.fallback = fb[0] if fb else None  # a submodule: it follows .to(device)
         self.gate = fb[1] if fb else None

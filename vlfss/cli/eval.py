@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
 def degraded_line(c: dict) -> str:
     """What the quality gate did, for the feature-cache line ("" when it flagged nothing)."""
-    robust, sharp = c.get("degraded_encodes", 0), c.get("deblurred_encodes", 0)
-    if not robust + sharp:
+    robust, deblurred = c.get("degraded_encodes", 0), c.get("deblurred_encodes", 0)
+    if not robust:
         return ""
-    return (f"; {robust + sharp} looked degraded: {robust} went to the robust tower"
-            + (f", {sharp} kept the sharp tower once deblurred" if sharp else ""))
+    return (f"; {robust} looked degraded and went to the robust tower"
+            + (f", {deblurred} of them deblurred first" if deblurred else ""))

@@ -1,9 +1,9 @@
-"""Encoding with a robust fallback: the sharp tower first; what the gate flags is encoded again, restored.
+"""Encoding with a robust fallback: the sharp tower first, and the robust tower for what the gate flags.
 
-The sharp tower's taps are computed for every image anyway; the gate reads them. A flagged image is encoded a
-second time: by the robust tower as it is, or, where the restorer predicts it closer to a clean image's features,
-deblurred first and by the tower it names (the sharp one, when the deblur brings the detail back). Unflagged
-images keep the sharp tower's features exactly.
+The sharp tower's taps are computed for every image anyway; the gate reads them, and only flagged images of the
+batch are encoded a second time, by the robust tower; unflagged images keep the sharp tower's features exactly.
+With a restorer, a flagged image that looks upsampled or blurred is deblurred first (Wiener, the sigma the
+restorer picks), which gives back much of the detail the robust tower could not recover on its own.
 """
 
 from __future__ import annotations
@@ -16,64 +16,32 @@ from .dense import DenseFeatures
 from .quality_gate import QualityGate, gate_features
 from .restore import Restorer, wiener_deblur
 
-SHARP, DEBLURRED, ROBUST = 0, 1, 2  # routes: which features an image got
-
 
 def dense_with_fallback(backbone: FrozenBackbone, fallback: FrozenBackbone, gate: QualityGate, images: Tensor,
                         variant: str, restorer: Restorer | None = None) -> tuple[DenseFeatures, Tensor, Tensor]:
-    """(features, B routes, B deblur sigmas): ``backbone``'s features, with the rows the gate flags replaced by
-    the robust tower's (route ROBUST) or, for a deblurred image the restorer gives back to it, the sharp tower's
-    (route DEBLURRED)."""
+    """(features, B flags, B deblur sigmas): ``backbone``'s features, with the rows the gate flags taken from
+    ``fallback`` (deblurred first where the restorer says so; sigma 0 where not)."""
     feats = backbone.dense(images, variant)
     gf = gate_features(feats.taps)
-    flagged = (gate.score_features(gf) > gate.threshold).to(images.device)
-    routes = torch.zeros(len(images), dtype=torch.long)
+    flags = (gate.score_features(gf) > gate.threshold).to(images.device)
     sigmas = torch.zeros(len(images))
-    if not bool(flagged.any()):
-        return feats, routes, sigmas
-    rows = flagged.nonzero()[:, 0]
-    x = images[rows]
-    robust = torch.ones(len(rows), dtype=torch.bool)
+    if not bool(flags.any()):
+        return feats, flags.cpu(), sigmas
+    x = images[flags]
     if restorer is not None:
-        sig, robust = restorer.choose(gf[rows], x)
-        deb = sig > 0
-        if bool(deb.any()):
+        sig = restorer.sigma(gf[flags], x)
+        if bool((sig > 0).any()):
             mean = torch.tensor(backbone.mean, device=x.device)
             std = torch.tensor(backbone.std, device=x.device)
-            x = x.clone()
-            x[deb.to(x.device)] = wiener_deblur(x[deb.to(x.device)], sig[deb], restorer.k, -mean / std,
-                                                (1 - mean) / std)
-            sigmas[rows[deb.to(rows.device)].cpu()] = sig[deb].float()
-    merged = feats
-    if bool((~robust).any()):  # the sharp tower again, kept only where the gate passes the deblurred image
-        p = (~robust).to(x.device)
-        again = backbone.dense(x[p], variant)
-        ok = ~(gate.score(again.taps) > gate.threshold).to(x.device)
-        if bool(ok.any()):
-            merged = _merge(merged, rows[p][ok], _rows(again, ok))
-            routes[rows[p][ok].cpu()] = DEBLURRED
-        back = p.clone()
-        back[p] = ~ok
-        robust = robust | back.cpu()
-        x = torch.where(back.view(-1, 1, 1, 1), images[rows], x)  # still degraded: the robust tower, as it was
-        sigmas[rows[back].cpu()] = 0.0
-    if bool(robust.any()):
-        p = robust.to(x.device)
-        merged = _merge(merged, rows[p], fallback.dense(x[p], variant))
-        routes[rows[p].cpu()] = ROBUST
-    return merged, routes, sigmas
+            x = wiener_deblur(x, sig, restorer.k, -mean / std, (1 - mean) / std)  # sigma 0: left as it is
+            sigmas[flags.cpu()] = sig.float()
+    alt = fallback.dense(x, variant)
 
-
-def _rows(f: DenseFeatures, keep: Tensor) -> DenseFeatures:
-    return DenseFeatures(taps=[t[keep] for t in f.taps], z=f.z[keep], pooled=f.pooled[keep])
-
-
-def _merge(base: DenseFeatures, rows: Tensor, new: DenseFeatures) -> DenseFeatures:
-    """``base`` with ``rows`` replaced by ``new``'s (in order)."""
-    def put(a: Tensor, b: Tensor) -> Tensor:
+    def merge(a: Tensor, b: Tensor) -> Tensor:
         out = a.clone()
-        out[rows] = b.to(a.dtype)
+        out[flags] = b.to(a.dtype)
         return out
 
-    return DenseFeatures(taps=[put(a, b) for a, b in zip(base.taps, new.taps)], z=put(base.z, new.z),
-                         pooled=put(base.pooled, new.pooled))
+    merged = DenseFeatures(taps=[merge(a, b) for a, b in zip(feats.taps, alt.taps)], z=merge(feats.z, alt.z),
+                           pooled=merge(feats.pooled, alt.pooled))
+    return merged, flags.cpu(), sigmas

@@ -52,54 +52,56 @@ def wiener_deblur(images: Tensor, sigma: Tensor, k: float, low: Tensor | None = 
 
 RESTORER_FORMAT = "vlfss-restorer-v1"
 RESTORER_TENSORS = ("mean", "std", "weight1", "bias1", "weight2", "bias2")
-KINDS = ("other", "upsampled", "blurred")  # what the restorer tells apart (other: JPEG, downsampling, ...)
+KINDS = ("other", "upsampled", "blurred", "downsampled")  # what the restorer tells apart (other: JPEG, ...)
 
 
 @dataclass
 class Restorer:
-    """How to encode an image the quality gate flagged: which deblur, then which tower.
+    """Which deblur to apply to an image the quality gate flagged, before the robust tower encodes it.
 
     An MLP reads the gate's features and the image's spectrum (``spectrum_features``) and says what kind of
-    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best response
-    (``eval/train_restorer.py``, on training scenes: the deblur and tower whose features come closest to the clean
-    scene's): an upsampled image is deblurred by ``up_sigma`` and goes back to the ``up_tower``; a blurred one is
-    deblurred by its sigma less ``blur_offset`` for the ``blur_tower``; anything else, or any call less sure than
-    ``confidence``, gets the gate's plain answer: the robust tower, no deblur.
+    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best deblur
+    (``eval/train_restorer.py``, on training scenes: the one whose robust-tower features come closest to the clean
+    scene's sharp ones): an upsampled image is deblurred by ``up_sigma``, a blurred one by its sigma less
+    ``blur_offset``. A downsampled image lost its fine detail outright (nothing above the smaller size's Nyquist
+    frequency is left to bring back), so it, anything else, and any call less sure than ``confidence`` are not
+    deblurred.
     """
 
     mean: Tensor  # F
     std: Tensor  # F
     weight1: Tensor  # H x F
     bias1: Tensor  # H
-    weight2: Tensor  # 4 x H: the kinds' logits, then the blur sigma
-    bias2: Tensor  # 4
+    weight2: Tensor  # 5 x H: the kinds' logits, then the blur sigma
+    bias2: Tensor  # 5
     k: float  # Wiener noise-to-signal ratio
     up_sigma: float
-    up_tower: int  # 0 sharp, 1 robust
     blur_offset: float
-    blur_tower: int
     confidence: float
     backbone: str  # the model id whose taps it reads (as the gate's)
     digest: str = ""
 
     def predict(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B x 3 kind probabilities, B blur sigmas) for B x F gate features of B normalised images."""
+        """(B x 4 kind probabilities, B blur sigmas) for B x F gate features of B normalised images."""
         f = torch.cat([features.float(), spectrum_features(images).to(features.device)], dim=1)
         if f.shape[1] != self.mean.numel():
             raise ModelError(f"restorer for {self.backbone} reads {self.mean.numel()} features, got "
                              f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
         out = mlp_apply(f, self.mean, self.std, self.weight1, self.bias1, self.weight2, self.bias2)
-        return out[:, :3].softmax(1), out[:, 3]
+        n = len(KINDS)
+        if out.shape[1] != n + 1:
+            raise ModelError(f"restorer for {self.backbone} gives {out.shape[1]} outputs, not {n + 1}: "
+                             "refit it with eval/train_restorer.py")
+        return out[:, :n].softmax(1), out[:, n]
 
-    def choose(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(B deblur sigmas, 0 for none; B booleans, True for the robust tower) for flagged images."""
+    def sigma(self, features: Tensor, images: Tensor) -> Tensor:
+        """B deblur sigmas (0: no deblur) for flagged images' gate features and normalised inputs."""
         prob, blur = self.predict(features, images)
         p, kind = prob.max(1)
         kind = torch.where(p >= self.confidence, kind, 0).cpu()
         blur = (blur.cpu() - self.blur_offset).clamp(min=0)
-        sigma = torch.where(kind == 1, self.up_sigma, torch.where(kind == 2, blur, 0.0))
-        robust = torch.where(kind == 1, bool(self.up_tower), torch.where(kind == 2, bool(self.blur_tower), True))
-        return sigma, robust
+        return torch.where(kind == KINDS.index("upsampled"), self.up_sigma,
+                           torch.where(kind == KINDS.index("blurred"), blur, 0.0))
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         meta = {"format": RESTORER_FORMAT, **{k: getattr(self, k) for k in SCALARS}, **(extra or {})}
@@ -107,7 +109,7 @@ class Restorer:
         atomic_save_safetensors(tensors, path, {"vlfss": json.dumps(meta)})
 
 
-SCALARS = ("k", "up_sigma", "up_tower", "blur_offset", "blur_tower", "confidence", "backbone")
+SCALARS = ("k", "up_sigma", "blur_offset", "confidence", "backbone")
 
 
 def load_restorer(path: str | Path) -> Restorer:

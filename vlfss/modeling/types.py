@@ -26,8 +26,8 @@ class SegmentationOutput:
     entropy: Tensor  # H x W, normalised entropy (0 certain, 1 uniform)
     robust_tower: float | None = None  # share of the image's encoder inputs (1, or its slide windows) the quality
     # gate found degraded and sent to the model's robust tower; None: the model has no robust tower
-    deblurred: float | None = None  # share of its encoder inputs deblurred before their second encode (either
-    # tower; SegmenterConfig.deblur); None: the model has no robust tower
+    deblurred: float | None = None  # share of its encoder inputs deblurred before the robust tower encoded them
+    # (SegmenterConfig.deblur); None: the model has no robust tower
 
     def summary(self) -> dict[str, Any]:
         """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
