@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from vlfss.data import build_benchmark  # noqa: E402
 from vlfss.data.perturb import apply_image, parse_perturbation  # noqa: E402
-from vlfss.io_utils import atomic_write_text  # noqa: E402
+from vlfss.io_utils import atomic_write_json  # noqa: E402
 from vlfss.modeling import slide  # noqa: E402
 from vlfss.modeling.backbones.tiny import GATE  # noqa: E402
 from vlfss.modeling.config import SegmenterConfig  # noqa: E402
@@ -145,8 +145,7 @@ def main() -> None:
         n_win, n_flag = n_win + s.numel(), n_flag + int(s.sum())
     report["large_scene_windows"] = {"windows": n_win, "flagged": n_flag}
     gate.save(args.out, {"fit": "eval/train_quality_gate.py", "report": report})
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.report, report)
     print(json.dumps(report, indent=2))
 
 

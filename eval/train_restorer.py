@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from vlfss.data import build_benchmark  # noqa: E402
 from vlfss.data.perturb import apply_image, parse_perturbation  # noqa: E402
-from vlfss.io_utils import atomic_write_text  # noqa: E402
+from vlfss.io_utils import atomic_write_json  # noqa: E402
 from vlfss.modeling.backbones.base import FrozenBackbone  # noqa: E402
 from vlfss.modeling.backbones.tiny import RESTORER  # noqa: E402
 from vlfss.modeling.config import SegmenterConfig  # noqa: E402
@@ -220,8 +220,7 @@ def main() -> None:
         got = summary(restorer, x[f], inputs[f], d[f]) if f.any() else {}
         report["test"][spec] = {"flagged": int(f.sum()), **got}
     restorer.save(args.out, {"fit": "eval/train_restorer.py", "report": report})
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.report, json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.report, report)
     print(json.dumps(report, indent=2))
 
 

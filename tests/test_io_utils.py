@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
 
-from vlfss.io_utils import atomic_save_safetensors, atomic_write_text
+from vlfss.io_utils import atomic_save_safetensors, atomic_write_json, atomic_write_text
 
 
 def _expected_mode() -> int:
@@ -33,3 +34,10 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         atomic_save_safetensors({"x": "not a tensor"}, path)  # type: ignore[dict-item]
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_json_reports_are_written_whole_into_a_new_folder(tmp_path):
+    path = tmp_path / "runs" / "report.json"
+    atomic_write_json(path, {"flagged": 3, "kinds": ["blurred"]})
+    assert json.loads(path.read_text()) == {"flagged": 3, "kinds": ["blurred"]}
+    assert path.read_text().endswith("\n") and [p.name for p in path.parent.iterdir()] == ["report.json"]

@@ -76,21 +76,30 @@ class QualityGate:
         return self.score(taps) > self.threshold
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        meta = {"format": GATE_FORMAT, "bias": self.bias, "threshold": self.threshold, "backbone": self.backbone,
-                **(extra or {})}
-        tensors = {k: getattr(self, k).detach().float().contiguous() for k in TENSORS}
-        atomic_save_safetensors(tensors, path, {"vlfss": json.dumps(meta)})
+        write_fitted(path, GATE_FORMAT, {k: getattr(self, k) for k in TENSORS},
+                     {"bias": self.bias, "threshold": self.threshold, "backbone": self.backbone, **(extra or {})})
+
+
+def write_fitted(path: str | Path, fmt: str, tensors: dict[str, Tensor], meta: dict) -> None:
+    """Save a small fitted model (the gate, the restorer): float32 tensors and JSON metadata, atomically."""
+    out = {k: t.detach().float().contiguous() for k, t in tensors.items()}
+    atomic_save_safetensors(out, path, {"vlfss": json.dumps({"format": fmt, **meta})})
+
+
+def read_fitted(path: str | Path, fmt: str, names: tuple[str, ...]) -> tuple[dict[str, Tensor], dict, str]:
+    """(tensors, metadata, digest) of a file ``write_fitted`` saved in format ``fmt``; raises on anything else."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["vlfss"])
+        tensors = {k: f.get_tensor(k) for k in names}
+    if meta.get("format") != fmt:
+        raise ValueError(f"format {meta.get('format')!r}")
+    return tensors, meta, hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def load_gate(path: str | Path) -> QualityGate:
     """A gate saved by ``QualityGate.save``; one clear error for anything else."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["vlfss"])
-            tensors = {k: f.get_tensor(k) for k in TENSORS}
-        if meta.get("format") != GATE_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}")
-        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+        tensors, meta, digest = read_fitted(path, GATE_FORMAT, TENSORS)
         return QualityGate(**tensors, bias=float(meta["bias"]), threshold=float(meta["threshold"]),
                            backbone=str(meta["backbone"]), digest=digest)
     except Exception as e:  # missing, not safetensors, or another kind of file

@@ -8,20 +8,16 @@ noise. Pure functions on normalised encoder batches; which sigma to use is estim
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor
 
 from ..errors import ModelError
-from ..io_utils import atomic_save_safetensors
-from .quality_gate import mlp_apply
+from .quality_gate import mlp_apply, read_fitted, write_fitted
 
 
 def gaussian_otf(h: int, w: int, sigma: Tensor) -> Tensor:
@@ -104,9 +100,8 @@ class Restorer:
                            torch.where(kind == KINDS.index("blurred"), blur, 0.0))
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        meta = {"format": RESTORER_FORMAT, **{k: getattr(self, k) for k in SCALARS}, **(extra or {})}
-        tensors = {k: getattr(self, k).detach().float().contiguous() for k in RESTORER_TENSORS}
-        atomic_save_safetensors(tensors, path, {"vlfss": json.dumps(meta)})
+        write_fitted(path, RESTORER_FORMAT, {k: getattr(self, k) for k in RESTORER_TENSORS},
+                     {**{k: getattr(self, k) for k in SCALARS}, **(extra or {})})
 
 
 SCALARS = ("k", "up_sigma", "blur_offset", "confidence", "backbone")
@@ -115,12 +110,7 @@ SCALARS = ("k", "up_sigma", "blur_offset", "confidence", "backbone")
 def load_restorer(path: str | Path) -> Restorer:
     """A restorer saved by ``Restorer.save``; one clear error for anything else."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["vlfss"])
-            tensors = {k: f.get_tensor(k) for k in RESTORER_TENSORS}
-        if meta.get("format") != RESTORER_FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}")
-        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+        tensors, meta, digest = read_fitted(path, RESTORER_FORMAT, RESTORER_TENSORS)
         return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest)
     except Exception as e:  # missing, not safetensors, or another kind of file
         raise ModelError(f"restorer {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
