@@ -3,7 +3,7 @@
 Blur, JPEG and resampling remove the fine detail a small CLIP tells its classes apart by. Much of it is attenuated,
 not gone: a Gaussian blur of sigma s multiplies frequency f (cycles per pixel) by exp(-2 pi^2 s^2 f^2), and
 dividing by that (regularised where it is tiny, Wiener's filter) brings the detail back above the quantisation
-noise. Pure functions on normalised encoder batches; which sigma to use is estimated elsewhere (the restorer).
+noise. Pure functions on normalised encoder batches, and the ``Restorer`` that picks the sigma image by image.
 """
 
 from __future__ import annotations
