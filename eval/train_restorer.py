@@ -72,7 +72,7 @@ def random_corruption(rng: np.random.Generator) -> str:
 class Measure:
     """Every candidate's feature distance to the clean scene, and the gate's view of the corrupted one."""
 
-    def __init__(self, k: float) -> None:  # noqa: D107
+    def __init__(self, k: float) -> None:
         self.seg = Segmenter.from_config(SegmenterConfig(model="vlfss-tiny", mode="training-free", deblur=False,
                                                          feature_cache_items=8))
         if self.seg.fallback is None or self.seg.gate is None:

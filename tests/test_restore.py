@@ -86,6 +86,9 @@ def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
         load_restorer(tmp_path / "bad.safetensors")
     with pytest.raises(ModelError, match="reads 34 features, got 35"):
         r.predict(torch.zeros(1, 3), torch.zeros(1, 3, 16, 16))
+    _restorer(weight2=torch.zeros(4, 4), bias2=torch.zeros(4)).save(tmp_path / "old.safetensors")  # 3 kinds
+    with pytest.raises(ModelError, match="old.safetensors does not load .*4 outputs, not 5"):
+        load_restorer(tmp_path / "old.safetensors")
 
 
 @pytest.fixture(scope="module")

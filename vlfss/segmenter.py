@@ -296,6 +296,7 @@ class Segmenter(ImageEncoding, nn.Module):
         encoded = [self.encode(imgs, request.variant, side) for side in sides]  # per scale, per image
         # per-class log-odds, averaged over scales at each image's own size (multiscale)
         fg = [torch.stack([self.logits(q, request) for q in qs]).mean(0) for qs in zip(*encoded)]
+
         def share(qs: tuple[Encoded, ...], attr: str) -> float | None:  # mean over scales; None without the gate
             return sum(getattr(q, attr) for q in qs) / len(qs) if self.gate is not None else None
 

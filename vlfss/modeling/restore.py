@@ -84,11 +84,7 @@ class Restorer:
             raise ModelError(f"restorer for {self.backbone} reads {self.mean.numel()} features, got "
                              f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
         out = mlp_apply(f, self.mean, self.std, self.weight1, self.bias1, self.weight2, self.bias2)
-        n = len(KINDS)
-        if out.shape[1] != n + 1:
-            raise ModelError(f"restorer for {self.backbone} gives {out.shape[1]} outputs, not {n + 1}: "
-                             "refit it with eval/train_restorer.py")
-        return out[:, :n].softmax(1), out[:, n]
+        return out[:, :len(KINDS)].softmax(1), out[:, len(KINDS)]
 
     def sigma(self, features: Tensor, images: Tensor) -> Tensor:
         """B deblur sigmas (0: no deblur) for flagged images' gate features and normalised inputs."""
@@ -111,6 +107,8 @@ def load_restorer(path: str | Path) -> Restorer:
     """A restorer saved by ``Restorer.save``; one clear error for anything else."""
     try:
         tensors, meta, digest = read_fitted(path, RESTORER_FORMAT, RESTORER_TENSORS)
+        if len(tensors["bias2"]) != len(KINDS) + 1:  # the kinds' logits and the blur sigma
+            raise ValueError(f"{len(tensors['bias2'])} outputs, not {len(KINDS) + 1}")
         return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest)
     except Exception as e:  # missing, not safetensors, or another kind of file
         raise ModelError(f"restorer {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
