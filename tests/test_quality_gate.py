@@ -130,10 +130,10 @@ def test_eval_counts_the_images_sent_to_the_robust_tower(tmp_path, segs):
     kw = dict(folds=[0], shots=[1], episodes=3, modes="training-free", baselines=False, progress=False)
     gated = Segmenter.from_config(SegmenterConfig(mode="training-free"))
     clean = evaluate(gated, bench, **kw)
-    assert clean.cache["degraded_encodes"] == clean.cache["deblurred_encodes"] == 0  # sharp: the sharp tower only
+    assert clean.cache["degraded_encodes"] == clean.cache["restored_encodes"] == 0  # sharp: the sharp tower only
     res = evaluate(Segmenter.from_config(SegmenterConfig(mode="training-free")), bench, perturb=("blur:1.5",), **kw)
     assert 0 < res.cache["degraded_encodes"] <= res.cache["image_encodes"] // 2  # blurred copies only
-    assert res.cache["deblurred_encodes"] <= res.cache["degraded_encodes"]
+    assert res.cache["restored_encodes"] <= res.cache["degraded_encodes"]
     assert [r["miou"] for r in res.rows if r["perturb"] == "clean"] == [r["miou"] for r in clean.rows]
 
 

@@ -1,5 +1,5 @@
 """Deblurring flagged images: the Wiener maths, the spectrum features, the restorer's file and choices, and the
-embedded model's path for a flagged image (deblurred where the restorer says so, then the robust tower)."""
+embedded model's path for a flagged image (filtered as the restorer says, then the robust tower)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from vlfss.errors import ModelError
 from vlfss.modeling.backbones.tiny import RESTORER
 from vlfss.modeling.config import SegmenterConfig
 from vlfss.modeling.fallback import dense_with_fallback
-from vlfss.modeling.restore import Restorer, gaussian_otf, load_restorer, spectrum_features, wiener_deblur
+from vlfss.modeling.quality_gate import write_fitted
+from vlfss.modeling.restore import (RESTORER_FORMAT, RESTORER_TENSORS, SCALARS, Restorer, gaussian_otf,
+                                    load_restorer, spectrum_features, wiener_deblur)
 from vlfss.segmenter import Segmenter
 
 
@@ -39,6 +41,8 @@ def test_wiener_deblur_undoes_a_gaussian_blur_and_leaves_sigma_zero_alone():
     err_blurred = (blurred[0] - x[0]).abs().mean()
     assert (restored[0] - x[0]).abs().mean() < 0.35 * err_blurred  # most of the lost detail comes back
     assert torch.equal(restored[1], blurred[1])  # sigma 0: as it was
+    smoothed = wiener_deblur(x, torch.tensor([-1.0, 0.0]), k=1e-4, pad=0)  # negative: a Gaussian blur instead
+    assert torch.allclose(smoothed[0], _blur_fft(x[:1], 1.0)[0], atol=1e-5) and torch.equal(smoothed[1], x[1])
     clamped = wiener_deblur(blurred, torch.tensor([1.0, 1.0]), 1e-4, torch.zeros(3), torch.ones(3))
     assert clamped.min() >= 0 and clamped.max() <= 1
 
@@ -59,7 +63,7 @@ def _restorer(**kw) -> Restorer:
     """A restorer whose MLP ignores its input: the kinds' logits and the blur sigma are its output bias."""
     base = dict(mean=torch.zeros(2 + 32), std=torch.ones(2 + 32), weight1=torch.zeros(4, 34), bias1=torch.zeros(4),
                 weight2=torch.zeros(5, 4), bias2=torch.tensor([0.0, 0.0, 5.0, 0.0, 1.2]), k=1e-3, up_sigma=0.5,
-                blur_offset=0.2, confidence=0.9, backbone="m|taps=1")
+                blur_offset=0.2, confidence=0.9, backbone="m|taps=1", down_sigma=0.4, other_sigma=-0.3)
     base.update(kw)
     return Restorer(**base)
 
@@ -69,10 +73,12 @@ def test_restorer_deblurs_by_the_kind_and_its_confidence():
     assert torch.allclose(_restorer().sigma(feats, images), torch.tensor([1.0, 1.0]))  # blurred, 1.2 less 0.2
     up = _restorer(bias2=torch.tensor([0.0, 5.0, 0.0, 0.0, 0.0]))
     assert up.sigma(feats, images).tolist() == [0.5, 0.5]
-    down = _restorer(bias2=torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))  # downsampled: the detail is gone
-    assert down.sigma(feats, images).tolist() == [0.0, 0.0]
-    unsure = _restorer(bias2=torch.tensor([0.0, 0.5, 0.0, 0.0, 0.0]))  # not sure enough: no deblur
-    assert unsure.sigma(feats, images).tolist() == [0.0, 0.0]
+    down = _restorer(bias2=torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))  # downsampled: its own response
+    assert torch.allclose(down.sigma(feats, images), torch.tensor([0.4, 0.4]))
+    other = _restorer(bias2=torch.tensor([5.0, 0.0, 0.0, 0.0, 0.0]))  # e.g. JPEG: smoothed (a negative sigma)
+    assert torch.allclose(other.sigma(feats, images), torch.tensor([-0.3, -0.3]))
+    for logits in ([0.5, 0.0, 0.0, 0.0], [0.0, 0.5, 0.0, 0.0]):  # not sure enough of any kind: left alone
+        assert _restorer(bias2=torch.tensor([*logits, 0.0])).sigma(feats, images).tolist() == [0.0, 0.0]
 
 
 def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
@@ -80,12 +86,18 @@ def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
     r.save(tmp_path / "r.safetensors")
     back = load_restorer(tmp_path / "r.safetensors")
     assert (back.up_sigma, back.blur_offset, back.confidence, back.backbone) == (0.5, 0.2, 0.9, "m|taps=1")
+    assert (back.down_sigma, back.other_sigma) == (0.4, -0.3)
     assert back.digest and torch.equal(back.bias2, r.bias2)
     (tmp_path / "bad.safetensors").write_bytes(b"not a restorer")
     with pytest.raises(ModelError, match="restorer .*bad.safetensors does not load"):
         load_restorer(tmp_path / "bad.safetensors")
     with pytest.raises(ModelError, match="reads 34 features, got 35"):
         r.predict(torch.zeros(1, 3), torch.zeros(1, 3, 16, 16))
+    r = _restorer()
+    write_fitted(tmp_path / "v1.safetensors", RESTORER_FORMAT, {k: getattr(r, k) for k in RESTORER_TENSORS},
+                 {k: getattr(r, k) for k in SCALARS})  # fitted before down / other responses existed
+    assert (load_restorer(tmp_path / "v1.safetensors").down_sigma, load_restorer(tmp_path / "v1.safetensors")
+            .other_sigma) == (0.0, 0.0)  # those kinds are left alone, as they were then
     _restorer(weight2=torch.zeros(4, 4), bias2=torch.zeros(4)).save(tmp_path / "old.safetensors")  # 3 kinds
     with pytest.raises(ModelError, match="old.safetensors does not load .*4 outputs, not 5"):
         load_restorer(tmp_path / "old.safetensors")
@@ -116,15 +128,27 @@ def test_a_blurred_photo_is_deblurred_before_the_robust_tower_encodes_it(seg):
         robust = seg.fallback.dense(x, seg.variant)
     assert torch.allclose(feats.z.float(), robust.z.float(), atol=1e-3)
     out = seg.segment(images[0], texts=["stripes"])
-    assert out.deblurred == 1.0 and out.robust_tower == 1.0 and out.summary()["deblurred"] == 1.0
+    assert out.restored == 1.0 and out.robust_tower == 1.0 and out.summary()["restored"] == 1.0
 
 
-def test_jpeg_is_not_deblurred(seg):
-    images = [_corrupt(_scene(i), "jpeg:20") for i in range(4)]
-    batch = torch.stack([seg._to_input(im, (96, 96)) for im in images])
+def _sigmas(seg: Segmenter, spec: str, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    images = [_corrupt(_scene(i), spec) for i in range(n)]
+    batch = torch.stack([seg._to_input(im, seg.encoder_size(*im.shape[:2])) for im in images])
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         _, flags, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, seg.restorer)
+    return flags, sigmas
+
+
+def test_jpeg_is_left_alone(seg):
+    flags, sigmas = _sigmas(seg, "jpeg:20")  # neither a deblur nor a smoothing paid for JPEG on the val split
     assert flags.any() and (sigmas[flags] == 0).float().mean() >= 0.75
+
+
+def test_a_downscaled_photo_is_deblurred_by_its_own_response(seg):
+    assert seg.restorer.down_sigma > 0  # bilinear upsampling attenuated what the smaller image still held
+    flags, sigmas = _sigmas(seg, "scale:0.75", 8)
+    assert flags.all() and (sigmas > 0).all()  # some are taken for blurred ones: deblurred by their own sigma
+    assert (sigmas == seg.restorer.down_sigma).float().mean() >= 0.5
 
 
 def test_clean_images_are_never_deblurred(seg):
@@ -132,8 +156,8 @@ def test_clean_images_are_never_deblurred(seg):
     enc = seg.encode(images)
     sharp = Segmenter.from_config(SegmenterConfig(mode="training-free", robust_fallback=False)).encode(images)
     assert all(torch.equal(a.z, b.z) for a, b in zip(enc, sharp))
-    assert all(e.deblurred_share == 0.0 and e.robust_share == 0.0 for e in enc)
-    assert seg.segment(images[0], texts=["stripes"]).summary()["deblurred"] == 0.0
+    assert all(e.restored_share == 0.0 and e.robust_share == 0.0 for e in enc)
+    assert seg.segment(images[0], texts=["stripes"]).summary()["restored"] == 0.0
 
 
 def test_without_a_restorer_flagged_images_are_not_deblurred(seg):

@@ -40,7 +40,7 @@ class ImageEncoding:
     restorer: Restorer | None  # picks the deblur of flagged images (SegmenterConfig.deblur)
     image_encodes: int  # images actually run through the encoder (cache misses)
     degraded_encodes: int  # of those, images the gate sent to the robust tower
-    deblurred_encodes: int  # of those, images deblurred before the robust tower encoded them
+    restored_encodes: int  # of those, images the restorer filtered (deblurred or smoothed) before the robust tower
 
     def encoder_size(self, h: int, w: int, side: int | None = None) -> tuple[int, int]:
         """Long side -> ``side`` (default input_size), sides rounded to multiples of the patch size (>= one patch)."""
@@ -84,36 +84,36 @@ class ImageEncoding:
 
     def _encode_batch(self, batch: Tensor, variant: str) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
         """Frozen dense features of a normalised batch: (taps, z) float32, and two B x 0/1 flags: encoded by the
-        robust tower, deblurred first."""
+        robust tower, restored first (deblurred or smoothed)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.autocast_bf16
                             and self.backbone.device.type == "cpu"):
             batch = batch.to(self.backbone.device)
-            flags = deblurred = torch.zeros(len(batch), dtype=torch.bool)
+            flags = restored = torch.zeros(len(batch), dtype=torch.bool)
             if self.fallback is None:
                 feats = self.backbone.dense(batch, variant)
             else:
                 feats, flags, sigmas = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant,
                                                            self.restorer)
-                deblurred = sigmas > 0
-                n, d = int(flags.sum()), int(deblurred.sum())
+                restored = sigmas != 0
+                n, d = int(flags.sum()), int(restored.sum())
                 if n:
                     self.degraded_encodes += n
-                    self.deblurred_encodes += d
-                    log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s, %d deblurred "
-                             "first (sigma %s)", n, len(flags), self.fallback.model_id, d,
-                             ", ".join(f"{s:.2f}" for s in sigmas[deblurred].tolist()) or "-")
-        return [t.float() for t in feats.taps], feats.z.float(), flags.float(), deblurred.float()
+                    self.restored_encodes += d
+                    log.info("%d of %d images look degraded (blur, JPEG or resampling): encoded by %s, %d restored "
+                             "first (sigma %s; negative: smoothed)", n, len(flags), self.fallback.model_id, d,
+                             ", ".join(f"{s:.2f}" for s in sigmas[restored].tolist()) or "-")
+        return [t.float() for t in feats.taps], feats.z.float(), flags.float(), restored.float()
 
     def _encode_slide(self, x: Tensor, boxes: list[tuple[int, int]],
                       variant: str) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
         """One image's windows in one batch, stitched into one feature grid for the whole canvas: (taps, z) as a
-        batch of one (1 x C x h x w each), and the shares of its windows the robust tower encoded and deblurred."""
+        batch of one (1 x C x h x w each), and the shares of its windows the robust tower encoded and restored."""
         window, p = self.window_geometry()[0], self.backbone.patch_size
-        taps, z, flags, deblurred = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
+        taps, z, flags, restored = self._encode_batch(slide.cut_windows(x, boxes, window), variant)
         cells = [(y // p, xx // p) for y, xx in boxes]
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         return ([slide.stitch(t, cells, grid)[None] for t in taps], slide.stitch(z, cells, grid)[None],
-                flags.mean().reshape(1), deblurred.mean().reshape(1))
+                flags.mean().reshape(1), restored.mean().reshape(1))
 
     def encode(self, images: Sequence[np.ndarray], variant: str | None = None,
                side: int | None = None) -> list[Encoded]:
@@ -132,7 +132,7 @@ class ImageEncoding:
             if hit is not None:
                 out[i] = Encoded(taps=[hit[f"tap{j}"] for j in range(n_taps)], z=hit["z"], rgb=x,
                                  size=tuple(img.shape[:2]), robust_share=float(hit.get("robust_share", 0.0)),
-                                 deblurred_share=float(hit.get("deblurred_share", 0.0)))
+                                 restored_share=float(hit.get("restored_share", 0.0)))
             elif boxes is not None:
                 slides.append((i, key, x, boxes))
             else:
@@ -140,17 +140,17 @@ class ImageEncoding:
         done = [(items, self._encode_batch(torch.stack([x for _, _, x in items]), variant))
                 for items in todo.values()]
         done += [([(i, key, x)], self._encode_slide(x, b, variant)) for i, key, x, b in slides]
-        for items, (taps, z, shares, deblurs) in done:
+        for items, (taps, z, shares, restores) in done:
             self.image_encodes += len(items)
             for j, (i, key, x) in enumerate(items):
                 entry = {f"tap{t}": taps[t][j].clone() for t in range(n_taps)}
                 entry["z"] = z[j].clone()
                 entry["robust_share"] = shares[j].clone()
-                entry["deblurred_share"] = deblurs[j].clone()
+                entry["restored_share"] = restores[j].clone()
                 self.cache.put(key, entry)
                 out[i] = Encoded(taps=[entry[f"tap{t}"] for t in range(n_taps)], z=entry["z"], rgb=x,
                                  size=tuple(images[i].shape[:2]), robust_share=float(shares[j]),
-                                 deblurred_share=float(deblurs[j]))
+                                 restored_share=float(restores[j]))
         return out  # type: ignore[return-value]
 
     def _support_mask(self, mask: np.ndarray, size: tuple[int, int]) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,11 @@ def atomic_write_json(path: str | Path, obj: object) -> None:
     """``obj`` as indented JSON, atomically, creating the parent folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def file_digest(path: str | Path) -> str:
+    """The first 12 hex digits of a file's SHA-1: what cache keys and reports name a fitted file by."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):

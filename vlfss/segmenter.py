@@ -90,7 +90,7 @@ class Segmenter(ImageEncoding, nn.Module):
         self.prompt_learners: dict[str, PromptLearner] = {}
         self.image_encodes = 0  # images actually run through the encoder (cache misses)
         self.degraded_encodes = 0  # of those, images the quality gate sent to the robust tower
-        self.deblurred_encodes = 0  # of those, images deblurred before the robust tower encoded them
+        self.restored_encodes = 0  # of those, images restored (deblurred or smoothed) before the robust tower
         fb = backbone.robust_fallback() if self.cfg.robust_fallback else None
         self.fallback = fb[0] if fb else None  # a submodule: it follows .to(device)
         self.gate = fb[1] if fb else None
@@ -301,7 +301,7 @@ class Segmenter(ImageEncoding, nn.Module):
             return sum(getattr(q, attr) for q in qs) / len(qs) if self.gate is not None else None
 
         return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0], request.refine),
-                            request.class_names, share(qs, "robust_share"), share(qs, "deblurred_share"))
+                            request.class_names, share(qs, "robust_share"), share(qs, "restored_share"))
                 for img, f, qs in zip(imgs, fg, zip(*encoded))]
 
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:

@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
 def degraded_line(c: dict) -> str:
     """What the quality gate did, for the feature-cache line ("" when it flagged nothing)."""
-    robust, deblurred = c.get("degraded_encodes", 0), c.get("deblurred_encodes", 0)
+    robust, restored = c.get("degraded_encodes", 0), c.get("restored_encodes", 0)
     if not robust:
         return ""
     return (f"; {robust} looked degraded and went to the robust tower"
-            + (f", {deblurred} of them deblurred first" if deblurred else ""))
+            + (f", {restored} of them restored first (deblurred or smoothed)" if restored else ""))

@@ -115,7 +115,7 @@ def evaluate(
     groups, old_rows = _shared_plan(run)
     distinct, variants = _size_cache(run, groups)
     cache0 = (segmenter.cache.hits, segmenter.cache.misses, segmenter.image_encodes,
-              getattr(segmenter, "degraded_encodes", 0), getattr(segmenter, "deblurred_encodes", 0))
+              getattr(segmenter, "degraded_encodes", 0), getattr(segmenter, "restored_encodes", 0))
     new_rows = _score_groups(run, groups)
     cache = _cache_stats(segmenter, cache0, distinct, variants, run.ctx)
     order = {k: i for i, k in enumerate(run.plan_rows)}
@@ -363,8 +363,8 @@ def _cache_stats(segmenter: Any, start: tuple[int, ...], distinct: int, variants
     """Feature-cache hits, misses and encodes of this run, summed over ranks."""
     c = torch.tensor([segmenter.cache.hits - start[0], segmenter.cache.misses - start[1],
                       segmenter.image_encodes - start[2], getattr(segmenter, "degraded_encodes", 0) - start[3],
-                      getattr(segmenter, "deblurred_encodes", 0) - start[4]], dtype=torch.int64)
-    hits, misses, enc, degraded, deblurred = (int(x) for x in all_reduce_sum(c, ctx))
+                      getattr(segmenter, "restored_encodes", 0) - start[4]], dtype=torch.int64)
+    hits, misses, enc, degraded, restored = (int(x) for x in all_reduce_sum(c, ctx))
     return {"hits": hits, "misses": misses, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else 0.0,
-            "image_encodes": enc, "degraded_encodes": degraded, "deblurred_encodes": deblurred,
+            "image_encodes": enc, "degraded_encodes": degraded, "restored_encodes": restored,
             "distinct_images": distinct, "variants": variants}

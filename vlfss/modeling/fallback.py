@@ -2,8 +2,9 @@
 
 The sharp tower's taps are computed for every image anyway; the gate reads them, and only flagged images of the
 batch are encoded a second time, by the robust tower; unflagged images keep the sharp tower's features exactly.
-With a restorer, a flagged image that looks upsampled or blurred is deblurred first (Wiener, the sigma the
-restorer picks), which gives back much of the detail the robust tower could not recover on its own.
+With a restorer, a flagged image is filtered first as its kind of degradation calls for: deblurred (Wiener, by
+the sigma the restorer picks) when it looks blurred or resampled, which gives back much of the detail the robust
+tower could not recover on its own, or lightly smoothed when it looks JPEG-compressed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from .restore import Restorer, wiener_deblur
 
 def dense_with_fallback(backbone: FrozenBackbone, fallback: FrozenBackbone, gate: QualityGate, images: Tensor,
                         variant: str, restorer: Restorer | None = None) -> tuple[DenseFeatures, Tensor, Tensor]:
-    """(features, B flags, B deblur sigmas): ``backbone``'s features, with the rows the gate flags taken from
-    ``fallback`` (deblurred first where the restorer says so; sigma 0 where not)."""
+    """(features, B flags, B signed sigmas): ``backbone``'s features, with the rows the gate flags taken from
+    ``fallback`` (filtered first as the restorer says: deblurred where sigma > 0, smoothed where < 0)."""
     feats = backbone.dense(images, variant)
     gf = gate_features(feats.taps)
     flags = (gate.score_features(gf) > gate.threshold).to(images.device)
@@ -30,7 +31,7 @@ def dense_with_fallback(backbone: FrozenBackbone, fallback: FrozenBackbone, gate
     x = images[flags]
     if restorer is not None:
         sig = restorer.sigma(gf[flags], x)
-        if bool((sig > 0).any()):
+        if bool((sig != 0).any()):
             mean = torch.tensor(backbone.mean, device=x.device)
             std = torch.tensor(backbone.std, device=x.device)
             x = wiener_deblur(x, sig, restorer.k, -mean / std, (1 - mean) / std)  # sigma 0: left as it is

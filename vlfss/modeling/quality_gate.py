@@ -10,7 +10,6 @@ features bit for bit. ``eval/train_quality_gate.py`` fits and checks the shipped
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from ..errors import ModelError
-from ..io_utils import atomic_save_safetensors
+from ..io_utils import atomic_save_safetensors, file_digest
 
 GATE_FORMAT = "vlfss-quality-gate-v1"
 TENSORS = ("mean", "std", "weight1", "bias1", "weight2")
@@ -93,7 +92,7 @@ def read_fitted(path: str | Path, fmt: str, names: tuple[str, ...]) -> tuple[dic
         tensors = {k: f.get_tensor(k) for k in names}
     if meta.get("format") != fmt:
         raise ValueError(f"format {meta.get('format')!r}")
-    return tensors, meta, hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+    return tensors, meta, file_digest(path)
 
 
 def load_gate(path: str | Path) -> QualityGate:

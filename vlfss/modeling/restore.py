@@ -3,7 +3,8 @@
 Blur, JPEG and resampling remove the fine detail a small CLIP tells its classes apart by. Much of it is attenuated,
 not gone: a Gaussian blur of sigma s multiplies frequency f (cycles per pixel) by exp(-2 pi^2 s^2 f^2), and
 dividing by that (regularised where it is tiny, Wiener's filter) brings the detail back above the quantisation
-noise. Pure functions on normalised encoder batches, and the ``Restorer`` that picks the sigma image by image.
+noise. JPEG's artefacts are the opposite case, false detail, and a light Gaussian smoothing serves them better.
+Pure functions on normalised encoder batches, and the ``Restorer`` that picks the (signed) sigma image by image.
 """
 
 from __future__ import annotations
@@ -30,20 +31,23 @@ def gaussian_otf(h: int, w: int, sigma: Tensor) -> Tensor:
 
 def wiener_deblur(images: Tensor, sigma: Tensor, k: float, low: Tensor | None = None,
                   high: Tensor | None = None, pad: int = 16) -> Tensor:
-    """B x C x H x W images deblurred by a Gaussian of per-image ``sigma`` (B, pixels; 0 leaves an image as it is).
+    """B x C x H x W images deblurred by a Gaussian of per-image ``sigma`` (B, pixels; 0 leaves an image as it is,
+    and a negative sigma smooths it instead, by a Gaussian blur of -sigma).
 
-    ``k`` is the noise-to-signal ratio of Wiener's filter (smaller sharpens more and rings more). Images are
+    ``k`` is the noise-to-signal ratio of Wiener's filter (smaller sharpens more and rings more). Smoothing is the
+    response to artefacts that are themselves fine detail, such as JPEG's block edges and ringing. Images are
     reflect-padded by ``pad`` so the FFT's wrap-around does not bleed one border into the other; ``low`` / ``high``
     (C values) clamp the result to the input's valid range (e.g. the normalised 0 and 1)."""
     b, c, h, w = images.shape
     p = min(pad, h - 1, w - 1)
     x = F.pad(images.float(), (p, p, p, p), mode="reflect") if p > 0 else images.float()
-    otf = gaussian_otf(x.shape[-2], x.shape[-1], sigma.to(images.device))
-    filt = (otf / (otf ** 2 + k)).unsqueeze(1)
+    sigma = sigma.to(images.device)
+    otf = gaussian_otf(x.shape[-2], x.shape[-1], sigma.abs())
+    filt = torch.where(sigma.view(-1, 1, 1) < 0, otf, otf / (otf ** 2 + k)).unsqueeze(1)
     out = torch.fft.irfft2(torch.fft.rfft2(x) * filt, s=x.shape[-2:])[..., p:p + h, p:p + w]
     if low is not None and high is not None:
         out = torch.maximum(torch.minimum(out, high.view(1, -1, 1, 1)), low.view(1, -1, 1, 1))
-    return torch.where(sigma.to(images.device).view(-1, 1, 1, 1) > 0, out.to(images.dtype), images)
+    return torch.where(sigma.view(-1, 1, 1, 1) != 0, out.to(images.dtype), images)
 
 
 RESTORER_FORMAT = "vlfss-restorer-v1"
@@ -56,12 +60,12 @@ class Restorer:
     """Which deblur to apply to an image the quality gate flagged, before the robust tower encodes it.
 
     An MLP reads the gate's features and the image's spectrum (``spectrum_features``) and says what kind of
-    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best deblur
+    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best response
     (``eval/train_restorer.py``, on training scenes: the one whose robust-tower features come closest to the clean
     scene's sharp ones): an upsampled image is deblurred by ``up_sigma``, a blurred one by its sigma less
-    ``blur_offset``. A downsampled image lost its fine detail outright (nothing above the smaller size's Nyquist
-    frequency is left to bring back), so it, anything else, and any call less sure than ``confidence`` are not
-    deblurred.
+    ``blur_offset``, a downsampled one by ``down_sigma`` (the interpolation's attenuation below the smaller size's
+    Nyquist frequency; the detail above it is gone), and anything else, such as JPEG, by ``other_sigma`` (negative:
+    a light smoothing of the blocks' edges). A call less sure than ``confidence`` is left as it is.
     """
 
     mean: Tensor  # F
@@ -76,6 +80,8 @@ class Restorer:
     confidence: float
     backbone: str  # the model id whose taps it reads (as the gate's)
     digest: str = ""
+    down_sigma: float = 0.0  # files fitted before these responses existed leave those kinds alone
+    other_sigma: float = 0.0
 
     def predict(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B x 4 kind probabilities, B blur sigmas) for B x F gate features of B normalised images."""
@@ -87,20 +93,23 @@ class Restorer:
         return out[:, :len(KINDS)].softmax(1), out[:, len(KINDS)]
 
     def sigma(self, features: Tensor, images: Tensor) -> Tensor:
-        """B deblur sigmas (0: no deblur) for flagged images' gate features and normalised inputs."""
+        """B signed sigmas for flagged images' gate features and normalised inputs: > 0 deblur by it, < 0 smooth
+        by its size, 0 leave the image alone (``wiener_deblur``)."""
         prob, blur = self.predict(features, images)
         p, kind = prob.max(1)
-        kind = torch.where(p >= self.confidence, kind, 0).cpu()
-        blur = (blur.cpu() - self.blur_offset).clamp(min=0)
-        return torch.where(kind == KINDS.index("upsampled"), self.up_sigma,
-                           torch.where(kind == KINDS.index("blurred"), blur, 0.0))
+        kind = torch.where(p >= self.confidence, kind, -1).cpu()  # -1: unsure
+        response = torch.tensor([self.other_sigma, self.up_sigma, 0.0, self.down_sigma])[kind.clamp(min=0)]
+        blur = (blur.float().cpu() - self.blur_offset).clamp(min=0)
+        out = torch.where(kind == KINDS.index("blurred"), blur, response)
+        return torch.where(kind < 0, 0.0, out)
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         write_fitted(path, RESTORER_FORMAT, {k: getattr(self, k) for k in RESTORER_TENSORS},
-                     {**{k: getattr(self, k) for k in SCALARS}, **(extra or {})})
+                     {**{k: getattr(self, k) for k in SCALARS + RESPONSES}, **(extra or {})})
 
 
 SCALARS = ("k", "up_sigma", "blur_offset", "confidence", "backbone")
+RESPONSES = ("down_sigma", "other_sigma")  # absent from files fitted before them: 0, no response
 
 
 def load_restorer(path: str | Path) -> Restorer:
@@ -109,7 +118,8 @@ def load_restorer(path: str | Path) -> Restorer:
         tensors, meta, digest = read_fitted(path, RESTORER_FORMAT, RESTORER_TENSORS)
         if len(tensors["bias2"]) != len(KINDS) + 1:  # the kinds' logits and the blur sigma
             raise ValueError(f"{len(tensors['bias2'])} outputs, not {len(KINDS) + 1}")
-        return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest)
+        return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest,
+                        **{k: float(meta.get(k, 0.0)) for k in RESPONSES})
     except Exception as e:  # missing, not safetensors, or another kind of file
         raise ModelError(f"restorer {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
                          "reinstall vlfss or refit it with eval/train_restorer.py") from None

@@ -26,8 +26,9 @@ class SegmentationOutput:
     entropy: Tensor  # H x W, normalised entropy (0 certain, 1 uniform)
     robust_tower: float | None = None  # share of the image's encoder inputs (1, or its slide windows) the quality
     # gate found degraded and sent to the model's robust tower; None: the model has no robust tower
-    deblurred: float | None = None  # share of its encoder inputs deblurred before the robust tower encoded them
-    # (SegmenterConfig.deblur); None: the model has no robust tower
+    restored: float | None = None  # share of its encoder inputs the restorer filtered first (deblurred, or
+    # smoothed where it looks JPEG-compressed) before the robust tower encoded them (SegmenterConfig.deblur);
+    # None: the model has no robust tower
 
     def summary(self) -> dict[str, Any]:
         """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
@@ -43,13 +44,13 @@ class SegmentationOutput:
                "mean_entropy": round(float(self.entropy.mean()), 4)}
         if self.robust_tower is not None:
             out["robust_tower"] = round(self.robust_tower, 4)
-        if self.deblurred is not None:
-            out["deblurred"] = round(self.deblurred, 4)
+        if self.restored is not None:
+            out["restored"] = round(self.restored, 4)
         return out
 
 
 def make_output(logits: Tensor, class_names: list[str], robust_tower: float | None = None,
-                deblurred: float | None = None) -> SegmentationOutput:
+                restored: float | None = None) -> SegmentationOutput:
     """(N+1) x H x W logits -> SegmentationOutput."""
     probs = logits.float().softmax(0)
     # max over dim 0 gives the argmax (the first maximum, as argmax) and the confidence in one pass; argmax(0) alone
@@ -59,7 +60,7 @@ def make_output(logits: Tensor, class_names: list[str], robust_tower: float | No
     masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
     return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
                               confidence=confidence, entropy=fn.normalised_entropy(probs.unsqueeze(0))[0],
-                              robust_tower=robust_tower, deblurred=deblurred)
+                              robust_tower=robust_tower, restored=restored)
 
 
 # ------------------------------------------------------------------------------------ internal data
@@ -72,7 +73,8 @@ class Encoded:
     rgb: Tensor  # 3 x H' x W' normalised encoder input (for the decoder's RGB stem)
     size: tuple[int, int]  # original H, W
     robust_share: float = 0.0  # share of its encoder inputs encoded by the robust tower (the quality gate's choice)
-    deblurred_share: float = 0.0  # share of its encoder inputs deblurred before they were encoded again
+    restored_share: float = 0.0  # share of its encoder inputs filtered (deblurred or smoothed) before they were
+    # encoded again
 
 
 @dataclass

@@ -98,7 +98,7 @@ class FrozenBackbone(nn.Module):
 
     def robust_fallback(self) -> tuple[FrozenBackbone, QualityGate, Restorer | None] | None:
         """A tower for images that look degraded, the gate that decides (``SegmenterConfig.robust_fallback``) and
-        the restorer that may deblur them first (``SegmenterConfig.deblur``); None for models without one (every
+        the restorer that may filter them first (``SegmenterConfig.deblur``); None for models without one (every
         model but the embedded tiny CLIP)."""
         return None
 
