@@ -115,9 +115,9 @@ class SegmenterConfig:
     robust_fallback: bool = True  # models that ship a robust image tower and a quality gate (vlfss-tiny): images the
     # gate finds degraded (blur, JPEG, resampling) are encoded by the robust tower instead; sharp images keep the
     # sharp tower's features exactly (docs/tiny-clip.md "The quality gate"). Other models have neither: no effect
-    deblur: bool = True  # with robust_fallback: an image the gate flags is filtered before the robust tower encodes
-    # it, as the model's restorer finds it blurred, upsampled or downsampled (a Wiener deblur; it picks the sigma) or
-    # JPEG-compressed (a light smoothing); false: flagged images are encoded as they are
+    deblur: bool = True  # with robust_fallback: an image the gate flags is deblurred (Wiener) before the robust tower
+    # encodes it when the model's restorer finds it blurred, upsampled or downsampled (it picks the sigma; JPEG: the
+    # restorer's own response, none for vlfss-tiny's); false: flagged images are encoded as they are
     robust_heads: bool = True  # learned mode with robust_fallback: a query the robust tower encoded is scored with
     # that tower's own head where the model pairs one with the loaded head (the shipped heads: head-vlfss-tiny* ->
     # head-vlfss-tiny-robust*); false: the loaded head scores every query

@@ -4,7 +4,7 @@ The sharp tower's taps are computed for every image anyway; the gate reads them,
 batch are encoded a second time, by the robust tower; unflagged images keep the sharp tower's features exactly.
 With a restorer, a flagged image is filtered first as its kind of degradation calls for: deblurred (Wiener, by
 the sigma the restorer picks) when it looks blurred or resampled, which gives back much of the detail the robust
-tower could not recover on its own, or lightly smoothed when it looks JPEG-compressed.
+tower could not recover on its own, or smoothed where the restorer's response says so.
 """
 
 from __future__ import annotations

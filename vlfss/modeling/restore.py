@@ -3,8 +3,8 @@
 Blur, JPEG and resampling remove the fine detail a small CLIP tells its classes apart by. Much of it is attenuated,
 not gone: a Gaussian blur of sigma s multiplies frequency f (cycles per pixel) by exp(-2 pi^2 s^2 f^2), and
 dividing by that (regularised where it is tiny, Wiener's filter) brings the detail back above the quantisation
-noise. JPEG's artefacts are the opposite case, false detail, and a light Gaussian smoothing serves them better.
-Pure functions on normalised encoder batches, and the ``Restorer`` that picks the (signed) sigma image by image.
+noise. JPEG's artefacts are the opposite case, false detail, for which a light Gaussian smoothing is the fit's other
+candidate (for the embedded model it did not pay). Pure functions on normalised encoder batches, and the ``Restorer`` that picks the (signed) sigma image by image.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def wiener_deblur(images: Tensor, sigma: Tensor, k: float, low: Tensor | None = 
     """B x C x H x W images deblurred by a Gaussian of per-image ``sigma`` (B, pixels; 0 leaves an image as it is,
     and a negative sigma smooths it instead, by a Gaussian blur of -sigma).
 
-    ``k`` is the noise-to-signal ratio of Wiener's filter (smaller sharpens more and rings more). Smoothing is the
-    response to artefacts that are themselves fine detail, such as JPEG's block edges and ringing. Images are
+    ``k`` is the noise-to-signal ratio of Wiener's filter (smaller sharpens more and rings more). Smoothing is for
+    artefacts that are themselves false detail, such as JPEG's block edges and ringing. Images are
     reflect-padded by ``pad`` so the FFT's wrap-around does not bleed one border into the other; ``low`` / ``high``
     (C values) clamp the result to the input's valid range (e.g. the normalised 0 and 1)."""
     b, c, h, w = images.shape
