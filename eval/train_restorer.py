@@ -25,7 +25,8 @@ pay on the val split's JPEG-30 episodes (training-free text 27.5 -> 24.9, learne
 get none; Wiener's k (0.0003) and the blur offset (0.1) were chosen earlier by learned mIoU on the val split's
 blurred scenes (text 43.9 against 37.6 with k 0.001 and offset 0.2, 50 episodes per fold; docs/tiny-clip.md).
 
-    python eval/train_restorer.py          # writes the asset and runs/restorer.json
+    python eval/train_restorer.py --k 0.0003 --confidence 0.5 --blur-offset 0.1 --other-sigma 0   # the asset
+    python eval/train_restorer.py --out /tmp/r.safetensors   # the distances' own choices, beside the asset
     python eval/train_restorer.py --train 300 --val 100 --test 50 --out /tmp/r.safetensors   # a quick check
 """
 

@@ -96,8 +96,8 @@ def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
     r = _restorer()
     write_fitted(tmp_path / "v1.safetensors", RESTORER_FORMAT, {k: getattr(r, k) for k in RESTORER_TENSORS},
                  {k: getattr(r, k) for k in SCALARS})  # fitted before down / other responses existed
-    assert (load_restorer(tmp_path / "v1.safetensors").down_sigma, load_restorer(tmp_path / "v1.safetensors")
-            .other_sigma) == (0.0, 0.0)  # those kinds are left alone, as they were then
+    v1 = load_restorer(tmp_path / "v1.safetensors")
+    assert (v1.down_sigma, v1.other_sigma) == (0.0, 0.0)  # those kinds are left alone, as they were then
     _restorer(weight2=torch.zeros(4, 4), bias2=torch.zeros(4)).save(tmp_path / "old.safetensors")  # 3 kinds
     with pytest.raises(ModelError, match="old.safetensors does not load .*4 outputs, not 5"):
         load_restorer(tmp_path / "old.safetensors")
