@@ -14,8 +14,16 @@ from vlfss.modeling.backbones.tiny import RESTORER
 from vlfss.modeling.config import SegmenterConfig
 from vlfss.modeling.fallback import dense_with_fallback
 from vlfss.modeling.quality_gate import write_fitted
-from vlfss.modeling.restore import (RESTORER_FORMAT, RESTORER_TENSORS, SCALARS, Restorer, gaussian_otf,
-                                    load_restorer, spectrum_features, wiener_deblur)
+from vlfss.modeling.restore import (
+    RESTORER_FORMAT,
+    RESTORER_TENSORS,
+    SCALARS,
+    Restorer,
+    gaussian_otf,
+    load_restorer,
+    spectrum_features,
+    wiener_deblur,
+)
 from vlfss.segmenter import Segmenter
 
 

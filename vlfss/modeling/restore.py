@@ -4,7 +4,8 @@ Blur, JPEG and resampling remove the fine detail a small CLIP tells its classes 
 not gone: a Gaussian blur of sigma s multiplies frequency f (cycles per pixel) by exp(-2 pi^2 s^2 f^2), and
 dividing by that (regularised where it is tiny, Wiener's filter) brings the detail back above the quantisation
 noise. JPEG's artefacts are the opposite case, false detail, for which a light Gaussian smoothing is the fit's other
-candidate (for the embedded model it did not pay). Pure functions on normalised encoder batches, and the ``Restorer`` that picks the (signed) sigma image by image.
+candidate (for the embedded model it did not pay). Pure functions on normalised encoder batches, and the
+``Restorer`` that picks the (signed) sigma image by image.
 """
 
 from __future__ import annotations
