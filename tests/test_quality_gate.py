@@ -29,8 +29,8 @@ def _blur(image: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 @pytest.fixture(scope="module")
 def segs() -> tuple[Segmenter, Segmenter]:
     """(gated, flagged images straight to the robust tower; sharp tower only). The deblur is tested in
-    test_restore.py."""
-    return (Segmenter.from_config(SegmenterConfig(mode="training-free", deblur=False)),
+    test_restore.py, the average over turns and mirrors in test_symmetry.py."""
+    return (Segmenter.from_config(SegmenterConfig(mode="training-free", deblur=False, robust_symmetry="none")),
             Segmenter.from_config(SegmenterConfig(mode="training-free", robust_fallback=False)))
 
 
@@ -151,7 +151,7 @@ def test_outputs_say_which_tower_encoded_the_image(segs, tiny_backbone):
 
 
 def test_queries_the_robust_tower_encoded_are_scored_with_its_own_head():
-    gated = Segmenter.from_config(SegmenterConfig(mode="learned", deblur=False))
+    gated = Segmenter.from_config(SegmenterConfig(mode="learned", deblur=False, robust_symmetry="none"))
     robust = Segmenter.from_config(SegmenterConfig(model="vlfss-tiny-robust", mode="learned", refine="pamr-area"))
     sharp = Segmenter.from_config(SegmenterConfig(mode="learned", robust_fallback=False))
     blurred, clean = _blur(_scenes(1)[0]), _scenes(1)[0]
@@ -160,7 +160,8 @@ def test_queries_the_robust_tower_encoded_are_scored_with_its_own_head():
     assert torch.allclose(a.logits, b.logits, atol=1e-4)  # robust tower + robust head, as vlfss-tiny-robust
     c, d = gated.segment(clean, texts=["stripes"]), sharp.segment(clean, texts=["stripes"])
     assert torch.equal(c.logits, d.logits)  # sharp images: exactly the sharp model
-    off = Segmenter.from_config(SegmenterConfig(mode="learned", robust_heads=False, deblur=False))
+    off = Segmenter.from_config(SegmenterConfig(mode="learned", robust_heads=False, deblur=False,
+                                                robust_symmetry="none"))
     assert not off.robust_heads
     assert not torch.allclose(off.segment(blurred, texts=["stripes"]).logits, a.logits, atol=1e-3)
 

@@ -148,3 +148,41 @@ def test_rebind_heads_moves_a_head_to_a_new_id_and_refuses_another_backbones(tin
     assert all(torch.equal(state[k], before[k]) for k in before)
     assert rb.main(["--from", "other-id", "--to", "new-id", str(path)]) == 2  # trained on another backbone
     assert read_head_file(path)[0]["backbone"] == "old-id"  # and left as it was
+
+
+def test_restore_shows_the_student_what_the_gate_and_restorer_give_the_robust_tower():
+    """``restore``: views the embedded gate flags are filtered by the embedded restorer, as at inference; the others
+    (clean scenes among them) reach the student as they are."""
+    from vlfss.data.perturb import Perturbation, apply_image
+    from vlfss.data.synthetic import SyntheticConfig, generate_scene
+    from vlfss.engine.robust import inference_view, to_input
+
+    prepare = inference_view(RobustConfig(restore=True))
+    scenes = [generate_scene(5, i, SyntheticConfig()).image for i in range(2)]
+    x = torch.stack([to_input(scenes[0], (96, 96)),
+                     to_input(apply_image(Perturbation("blur", 1.5), scenes[1]), (96, 96))])
+    shown, flags, sigmas = prepare(x)
+    assert flags.tolist() == [False, True] and sigmas[0] == 0 and sigmas[1] > 0.5
+    assert torch.equal(shown[0], x[0]) and not torch.allclose(shown[1], x[1])
+    assert inference_view(RobustConfig()) is None  # off by default: the views as they are
+
+
+def test_restore_and_init_visual_refuse_what_they_cannot_use(tmp_path):
+    with pytest.raises(ConfigError, match="restore needs the embedded teacher"):
+        robustify(_cfg(tmp_path, restore=True, teacher_weights=str(TINY_WEIGHTS)))
+    with pytest.raises(ConfigError, match="init_visual .* does not exist"):
+        robustify(_cfg(tmp_path, init_visual=str(tmp_path / "none.safetensors")))
+
+
+def test_init_visual_is_where_the_student_starts(tmp_path):
+    """A run from the shipped robust tower with a zero learning rate exports that tower unchanged; the log counts
+    the views the gate flagged and the restorer filtered."""
+    from vlfss.modeling.backbones.tiny import ROBUST_VISUAL
+
+    out = tmp_path / "run"
+    final = load_file(str(robustify(_cfg(tmp_path, steps=1, eval_every=1, lr=0.0, init_visual=str(ROBUST_VISUAL),
+                                         restore=True, clean_fraction=0.0))))
+    shipped = load_file(str(ROBUST_VISUAL))
+    assert all(torch.equal(final[f"visual.{k}"], v.half()) for k, v in shipped.items())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"flagged", "restored"} <= set(log[-1]) and 0 <= log[-1]["restored"] <= log[-1]["flagged"] <= 3

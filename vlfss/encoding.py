@@ -93,7 +93,7 @@ class ImageEncoding:
                 feats = self.backbone.dense(batch, variant)
             else:
                 feats, flags, sigmas = dense_with_fallback(self.backbone, self.fallback, self.gate, batch, variant,
-                                                           self.restorer)
+                                                           self.restorer, self.cfg.robust_symmetry)
                 restored = sigmas != 0
                 n, d = int(flags.sum()), int(restored.sum())
                 if n:

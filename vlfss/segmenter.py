@@ -34,6 +34,7 @@ from .modeling.config import Mode, SegmenterConfig
 from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
+from .modeling.symmetry import SYMMETRIES
 from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 from .request_args import NegativesArg, Support, SupportsArg, TextsArg, load_images, normalise_supports
@@ -84,6 +85,8 @@ class Segmenter(ImageEncoding, nn.Module):
             self.cfg = dataclasses.replace(self.cfg, refine=defaults.refine)
         tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
         check_calibration(self.cfg.calibrate_shrink, self.cfg.calibrate_refine)
+        if self.cfg.robust_symmetry not in SYMMETRIES:
+            raise InputError(f"robust_symmetry={self.cfg.robust_symmetry!r}: use one of {', '.join(SYMMETRIES)}")
         self.cache = FeatureCache(self.cfg.feature_cache_items, self.cfg.feature_cache_dir)
         template_set = self.cfg.templates or defaults.templates
         self.templates = load_templates(template_set) if backbone.has_text else []
@@ -95,9 +98,10 @@ class Segmenter(ImageEncoding, nn.Module):
         self.fallback = fb[0] if fb else None  # a submodule: it follows .to(device)
         self.gate = fb[1] if fb else None
         self.restorer = fb[2] if fb and self.cfg.deblur else None
-        # what cached features depend on: the model, and its fallback tower, gate and restorer when they are used
+        # what cached features depend on: the model, and its fallback tower, gate, restorer and symmetry when used
         self.feature_id = backbone.model_id + (f"+fallback:{fb[0].model_id}:{fb[1].digest}" if fb else "") + \
-            (f"+deblur:{self.restorer.digest}" if self.restorer is not None else "")
+            (f"+deblur:{self.restorer.digest}" if self.restorer is not None else "") + \
+            (f"+symmetry:{self.cfg.robust_symmetry}" if fb and self.cfg.robust_symmetry != "none" else "")
         self.robust_heads: dict[int, SegHead] = {}  # id(head) -> its robust-tower pair (pair_head)
 
     # ---------------------------------------------------------------------------------- building

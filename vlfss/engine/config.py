@@ -216,6 +216,10 @@ class RobustConfig:
 
     model: str = "vlfss-tiny-vit"  # open_clip config name (registered from vlfss/assets)
     teacher_weights: str | None = None  # the teacher's weights (safetensors); None: the embedded vlfss-tiny weights
+    init_visual: str | None = None  # the student's starting image tower (safetensors, e.g. the shipped robust tower
+    # vlfss/assets/vlfss-tiny-robust-visual.safetensors); None: a copy of the teacher's
+    restore: bool = False  # show the student what the robust tower is shown at inference: views the embedded quality
+    # gate flags, filtered by the embedded restorer (deblurred or smoothed); needs the embedded teacher
     out_dir: str = "runs/tiny_clip_robust"  # checkpoints, log and final weights
     seed: int = 0  # seeds the scene pool, the corruptions and the batches
     steps: int = 2500  # optimiser steps

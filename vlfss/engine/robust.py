@@ -12,6 +12,10 @@ Matching every block keeps what the heads read (their taps, the prototypes' tap 
 the teacher's space, so the shipped heads and the text tower stay valid; clean scenes in every batch keep the
 clean features. No masks and no captions are used: the scenes are the pretraining stream's. Checkpoints use
 ``vlfss.engine.checkpoint``'s format (atomic, resumable, loaded without pickle).
+
+``restore`` shows the student what the robust tower is shown at inference (the views the embedded quality gate
+flags, filtered by the embedded restorer) and ``init_visual`` starts it from a given tower; measured and not
+shipped (docs/tiny-clip.md, "Averaging over turns and mirrors", tried and dropped).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..io_utils import atomic_save_safetensors, atomic_write_text
 from ..labeling.precision import cpu_flags
 from ..modeling.backbones import register_open_clip_configs
 from ..modeling.backbones.open_clip_backbone import _vit_parts
-from ..modeling.backbones.tiny import TINY_WEIGHTS
+from ..modeling.backbones.tiny import TINY_WEIGHTS, load_visual
 from ..modeling.dense import ViTParts, vit_dense
 from . import checkpoint as ck
 from .config import RobustConfig
@@ -113,12 +117,15 @@ def distill_loss(student: list[Tensor], teacher: list[Tensor], w_tokens: float) 
 # ------------------------------------------------------------------------------------------ the check
 @torch.no_grad()
 def dense_text_miou(visual, model, text: Tensor, scenes: list,
-                    transform: Callable[[np.ndarray], np.ndarray] | None) -> float:
+                    transform: Callable[[np.ndarray], np.ndarray] | None, prepare: Prepare | None = None) -> float:
     """Class-wise mIoU of zero-shot dense labelling (patch logit > 0 is foreground) of ``scenes`` by the image tower
     ``visual`` against the class-name embeddings ``text`` (C x D, normalised; ``model`` gives the logit scale and
-    bias), each image passed through ``transform`` first and resized back to its size."""
+    bias), each image passed through ``transform`` first and resized back to its size (and the batch through
+    ``prepare``, the gate and restorer, when the tower is trained on what they give it)."""
     size = scenes[0].image.shape[:2]
     x = torch.stack([to_input(transform(s.image) if transform else s.image, size) for s in scenes])
+    if prepare is not None:
+        x = prepare(x)[0]
     z = F.normalize(vit_dense(_vit_parts(visual), x, "plain").z, dim=1)  # B x D x h x w
     logits = model.logit_scale.exp() * torch.einsum("bdhw,cd->bchw", z, text) + model.logit_bias
     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -131,19 +138,57 @@ def dense_text_miou(visual, model, text: Tensor, scenes: list,
 
 
 @torch.no_grad()
-def held_out_check(visual, model, tokenizer, seed: int, n: int) -> dict[str, float]:
+def held_out_check(visual, model, tokenizer, seed: int, n: int, prepare: Prepare | None = None) -> dict[str, float]:
     """Zero-shot dense mIoU of the image tower ``visual`` (with ``model``'s frozen text tower) on ``n`` held-out
-    scenes, clean and under each of ``CHECKS``' corruptions; the class names are encoded once."""
+    scenes, clean and under each of ``CHECKS``' corruptions (through ``prepare`` if given); the class names are
+    encoded once."""
     scenes = [generate_scene(seed + 1, i, SyntheticConfig()) for i in range(n)]
     text = F.normalize(model.encode_text(tokenizer(list(CLASS_NAMES))), dim=-1)
     return {name: round(dense_text_miou(visual, model, text, scenes, None if p is None else
-                                        (lambda im, p=p: apply_image(p, im, seed=0))), 4)
+                                        (lambda im, p=p: apply_image(p, im, seed=0)), prepare), 4)
             for name, p in CHECKS.items()}
+
+
+Prepare = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def inference_view(cfg: RobustConfig) -> Prepare | None:
+    """With ``cfg.restore``: a function from a batch of normalised encoder inputs to (the inputs as the robust tower
+    sees them at inference, B flags, B signed sigmas): the embedded quality gate's decision on the sharp tower's
+    taps and the embedded restorer's filter of the flagged rows (``vlfss.modeling.fallback.restore_flagged``, the
+    same code as inference). Without it: None (the student sees the corrupted views as they are)."""
+    if not cfg.restore:
+        return None
+    from ..modeling.backbones import build_backbone
+    from ..modeling.fallback import restore_flagged
+    from ..modeling.quality_gate import gate_features
+
+    if cfg.teacher_weights or cfg.model != "vlfss-tiny-vit":
+        raise ConfigError("restore needs the embedded teacher (teacher_weights unset, model vlfss-tiny-vit): the "
+                          "quality gate and the restorer are fitted to its features")
+    sharp = build_backbone("vlfss-tiny")
+    fb = sharp.robust_fallback()
+    if fb is None or fb[2] is None:
+        raise ConfigError("restore needs the embedded quality gate and restorer, which this installation lacks; "
+                          "reinstall vlfss")
+    _, gate, restorer = fb
+    mean, std = torch.tensor(sharp.mean), torch.tensor(sharp.std)
+
+    @torch.no_grad()
+    def prepare(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        taps = sharp.dense(x, "plain").taps
+        flags, sigmas, restored = restore_flagged(gate, restorer, gate_features(taps), x, mean, std)
+        out = x.clone()
+        out[flags] = restored.to(x.dtype)
+        return out, flags.cpu(), sigmas
+
+    return prepare
 
 
 # ------------------------------------------------------------------------------------------ training
 def _models(cfg: RobustConfig):
-    """(teacher CLIP in eval mode, tokenizer, student image tower): the student starts as the teacher's copy."""
+    """(teacher CLIP in eval mode, tokenizer, student image tower): the student starts as the teacher's copy, or
+    from ``init_visual``."""
     import open_clip  # heavy; needed only when this runs
 
     path = Path(cfg.teacher_weights) if cfg.teacher_weights else TINY_WEIGHTS
@@ -153,7 +198,13 @@ def _models(cfg: RobustConfig):
     model = open_clip.create_model(cfg.model)
     model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     model.eval().requires_grad_(False)
-    student = copy.deepcopy(model.visual).train().requires_grad_(True)
+    student = copy.deepcopy(model.visual)
+    if cfg.init_visual:
+        if not Path(cfg.init_visual).is_file():
+            raise ConfigError(f"init_visual {cfg.init_visual} does not exist; pass an image tower's .safetensors file "
+                              "(e.g. vlfss/assets/vlfss-tiny-robust-visual.safetensors) or unset it")
+        load_visual(student, cfg.init_visual)
+    student.train().requires_grad_(True)
     return model, open_clip.get_tokenizer(cfg.model), student
 
 
@@ -186,6 +237,7 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
     if not resume:
         ck.clear_checkpoints(out)
     teacher, tokenizer, student = _models(cfg)
+    prepare = inference_view(cfg)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
     start = 0
     state = ck.load_checkpoint(out) if resume else None
@@ -204,12 +256,16 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
     meta = {"kind": FORMAT, "backbone": cfg.model, "config": to_dict(cfg)}
     with open(out / "log.jsonl", "a") as logf:
         if start == 0:
-            rec = {"step": 0, "bf16": bf16, **held_out_check(teacher.visual, teacher, tokenizer, cfg.seed,
-                                                              cfg.eval_images)}
+            rec = {"step": 0, "bf16": bf16, **held_out_check(student, teacher, tokenizer, cfg.seed,
+                                                              cfg.eval_images, prepare)}
             logf.write(json.dumps(rec) + "\n")
             log.info("%s", rec)
         for step in range(start, cfg.steps):
             clean, views = make_batch(pool, step, cfg)
+            shown = {}
+            if prepare is not None:
+                views, flags, sigmas = prepare(views)
+                shown = {"flagged": int(flags.sum()), "restored": int((sigmas != 0).sum())}
             for g in opt.param_groups:
                 g["lr"] = _lr(step, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -221,9 +277,9 @@ def robustify(cfg: RobustConfig, resume: bool = True) -> Path:
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
             opt.step()
             rec = {"step": step + 1, "loss": round(loss.item(), 4), "levels": [round(p, 4) for p in parts],
-                   "lr": _lr(step, cfg), "elapsed_s": round(time.time() - t0, 1)}
+                   "lr": _lr(step, cfg), **shown, "elapsed_s": round(time.time() - t0, 1)}
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                rec.update(held_out_check(student, teacher, tokenizer, cfg.seed, cfg.eval_images))
+                rec.update(held_out_check(student, teacher, tokenizer, cfg.seed, cfg.eval_images, prepare))
             if (step + 1) % 10 == 0 or "clean" in rec:
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()

@@ -12,6 +12,7 @@ INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a nam
 Mode = Literal["auto", "training-free", "learned"]
 Inference = Literal["auto", "resize", "slide", "multiscale"]
 Refine = Literal["none", "pamr", "pamr-area"]
+Symmetry = Literal["none", "flip", "d8"]  # vlfss.modeling.symmetry.SYMMETRIES
 REFINES: tuple[str, ...] = ("none", "pamr", "pamr-area")
 
 
@@ -118,6 +119,9 @@ class SegmenterConfig:
     deblur: bool = True  # with robust_fallback: an image the gate flags is deblurred (Wiener) before the robust tower
     # encodes it when the model's restorer finds it blurred, upsampled or downsampled (it picks the sigma; JPEG: the
     # restorer's own response, none for vlfss-tiny's); false: flagged images are encoded as they are
+    robust_symmetry: Symmetry = "d8"  # with robust_fallback: the robust tower's features of a flagged image are
+    # averaged over its eight turns and mirrors (d8, 8 encodes in one batch; measured best on the val split), its
+    # mirror (flip, 2) or not at all (none); sharp images are untouched (docs/tiny-clip.md "Averaging over turns")
     robust_heads: bool = True  # learned mode with robust_fallback: a query the robust tower encoded is scored with
     # that tower's own head where the model pairs one with the loaded head (the shipped heads: head-vlfss-tiny* ->
     # head-vlfss-tiny-robust*); false: the loaded head scores every query

@@ -1,0 +1,64 @@
+"""Dense features averaged over the pixel grid's symmetries (mirrors, quarter turns): test-time augmentation.
+
+A frozen encoder's features of a degraded image carry noise that a mirrored or turned copy carries differently;
+encoding the copies in one batch, mapping each copy's feature maps back onto the original grid and averaging
+them keeps what the copies agree on. ``flip`` uses the image and its left-right mirror (2 encodes), ``d8`` the
+eight turns and mirrors of the square (the dihedral group; for a non-square input the four that keep its shape).
+Used for the images the quality gate sends to the robust tower (``SegmenterConfig.robust_symmetry``): the embedded
+tiny CLIP's world has no up or down, and that tower was trained with turns and mirrors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .backbones.base import FrozenBackbone
+from .dense import DenseFeatures
+
+SYMMETRIES = ("none", "flip", "d8")
+Transform = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]  # (forward, its inverse) on ... x H x W
+
+
+def _turn(k: int, mirror: bool) -> Transform:
+    """Mirror left-right (if ``mirror``) then turn by k quarter turns; the inverse undoes both in reverse order."""
+    def fwd(t: Tensor) -> Tensor:
+        return torch.rot90(t.flip(-1) if mirror else t, k, (-2, -1))
+
+    def inv(t: Tensor) -> Tensor:
+        t = torch.rot90(t, -k, (-2, -1))
+        return t.flip(-1) if mirror else t
+
+    return fwd, inv
+
+
+def grid_transforms(mode: str, square: bool = True) -> list[Transform]:
+    """The (forward, inverse) pairs of ``mode``: none -> identity; flip -> identity and left-right mirror; d8 -> the
+    eight turns and mirrors (``square``) or the four that keep a non-square shape (identity, both mirrors, half
+    turn). The identity comes first."""
+    if mode not in SYMMETRIES:
+        raise ValueError(f"unknown symmetry {mode!r}; choose one of {', '.join(SYMMETRIES)}")
+    if mode == "none":
+        return [_turn(0, False)]
+    if mode == "flip":
+        return [_turn(0, False), _turn(0, True)]
+    turns = (0, 1, 2, 3) if square else (0, 2)
+    return [_turn(k, m) for k in turns for m in (False, True)]
+
+
+def dense_symmetric(backbone: FrozenBackbone, images: Tensor, variant: str, mode: str) -> DenseFeatures:
+    """``backbone.dense`` of ``images`` (B x 3 x H x W) averaged over ``mode``'s copies, all encoded in one batch;
+    each copy's maps are mapped back to the input grid first. ``none``: one plain encode."""
+    ops = grid_transforms(mode, images.shape[-1] == images.shape[-2])
+    if len(ops) == 1:
+        return backbone.dense(images, variant)
+    out = backbone.dense(torch.cat([fwd(images) for fwd, _ in ops]), variant)
+    n = len(ops)
+
+    def mean_back(t: Tensor) -> Tensor:
+        return torch.stack([inv(c.float()) for (_, inv), c in zip(ops, t.chunk(n))]).mean(0).to(t.dtype)
+
+    return DenseFeatures(taps=[mean_back(t) for t in out.taps], z=mean_back(out.z),
+                         pooled=torch.stack([c.float() for c in out.pooled.chunk(n)]).mean(0).to(out.pooled.dtype))
