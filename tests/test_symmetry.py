@@ -78,3 +78,13 @@ def test_the_cost_script_times_every_arm_and_checks_the_scene_was_flagged(tmp_pa
     assert json.loads(capsys.readouterr().out) == res
     with pytest.raises(SystemExit, match="did not flag"):
         mod.main(["--repeats", "1", "--warmup", "0", "--blur", "0.01"])  # a sharp scene is never flagged
+
+
+def test_a_large_batch_is_averaged_copy_by_copy_to_the_same_features(tiny_backbone):
+    """Many windows (B x copies over max_batch) are encoded one copy at a time, to the same average."""
+    x = torch.randn(3, 3, 96, 96)
+    with torch.inference_mode():
+        one = dense_symmetric(tiny_backbone, x, "plain", "d8")  # 24 <= 64: one batch
+        each = dense_symmetric(tiny_backbone, x, "plain", "d8", max_batch=8)
+    assert torch.allclose(one.z, each.z, atol=1e-5) and torch.allclose(one.pooled, each.pooled, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one.taps, each.taps))

@@ -48,17 +48,30 @@ def grid_transforms(mode: str, square: bool = True) -> list[Transform]:
     return [_turn(k, m) for k in turns for m in (False, True)]
 
 
-def dense_symmetric(backbone: FrozenBackbone, images: Tensor, variant: str, mode: str) -> DenseFeatures:
-    """``backbone.dense`` of ``images`` (B x 3 x H x W) averaged over ``mode``'s copies, all encoded in one batch;
-    each copy's maps are mapped back to the input grid first. ``none``: one plain encode."""
+def dense_symmetric(backbone: FrozenBackbone, images: Tensor, variant: str, mode: str,
+                    max_batch: int = 64) -> DenseFeatures:
+    """``backbone.dense`` of ``images`` (B x 3 x H x W) averaged over ``mode``'s copies, each copy's maps mapped back
+    to the input grid first. The copies of a small batch (B x copies <= ``max_batch``) are encoded in one batch; a
+    larger one (the windows of a big image) copy by copy into running sums, so memory stays about that of one plain
+    encode. ``none``: one plain encode."""
     ops = grid_transforms(mode, images.shape[-1] == images.shape[-2])
     if len(ops) == 1:
         return backbone.dense(images, variant)
-    out = backbone.dense(torch.cat([fwd(images) for fwd, _ in ops]), variant)
     n = len(ops)
+    if len(images) * n <= max_batch:
+        out = backbone.dense(torch.cat([fwd(images) for fwd, _ in ops]), variant)
 
-    def mean_back(t: Tensor) -> Tensor:
-        return torch.stack([inv(c.float()) for (_, inv), c in zip(ops, t.chunk(n))]).mean(0).to(t.dtype)
+        def mean_back(t: Tensor) -> Tensor:
+            return torch.stack([inv(c.float()) for (_, inv), c in zip(ops, t.chunk(n))]).mean(0).to(t.dtype)
 
-    return DenseFeatures(taps=[mean_back(t) for t in out.taps], z=mean_back(out.z),
-                         pooled=torch.stack([c.float() for c in out.pooled.chunk(n)]).mean(0).to(out.pooled.dtype))
+        return DenseFeatures(taps=[mean_back(t) for t in out.taps], z=mean_back(out.z),
+                             pooled=torch.stack([c.float() for c in out.pooled.chunk(n)]).mean(0).to(out.pooled.dtype))
+    acc: DenseFeatures | None = None
+    for fwd, inv in ops:  # one copy at a time: one encode's activations, and one set of sums
+        f = backbone.dense(fwd(images), variant)
+        part = DenseFeatures(taps=[inv(t.float()) for t in f.taps], z=inv(f.z.float()), pooled=f.pooled.float())
+        acc = part if acc is None else DenseFeatures(taps=[a + b for a, b in zip(acc.taps, part.taps)],
+                                                     z=acc.z + part.z, pooled=acc.pooled + part.pooled)
+        dtype = (f.taps[0].dtype, f.z.dtype, f.pooled.dtype)
+    return DenseFeatures(taps=[(t / n).to(dtype[0]) for t in acc.taps], z=(acc.z / n).to(dtype[1]),
+                         pooled=(acc.pooled / n).to(dtype[2]))
