@@ -56,8 +56,13 @@ def atomic_write_json(path: str | Path, obj: object) -> None:
 
 
 def file_digest(path: str | Path) -> str:
-    """The first 12 hex digits of a file's SHA-1: what cache keys and reports name a fitted file by."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+    """SHA-1 of a file's bytes, read in chunks (names a fitted file in cache keys, an uploaded prompt file whatever
+    its temporary name)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..cache import content_hash
 from ..errors import InputError
+from ..io_utils import file_digest
 from ..modeling.config import SegmenterConfig
 from ..segmenter import Request, Segmenter
 
@@ -88,15 +89,6 @@ class SegmenterRegistry:
                 self.builds += 1
                 self._segmenters[name] = seg
         return seg
-
-
-def file_digest(path: str | Path) -> str:
-    """sha1 of a file's bytes (identifies an uploaded prompt file whatever its temporary name)."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def request_key(model: str, mode: str, texts: Sequence[str | None], supports: Sequence[Sequence[tuple]],

@@ -92,7 +92,7 @@ def read_fitted(path: str | Path, fmt: str, names: tuple[str, ...]) -> tuple[dic
         tensors = {k: f.get_tensor(k) for k in names}
     if meta.get("format") != fmt:
         raise ValueError(f"format {meta.get('format')!r}")
-    return tensors, meta, file_digest(path)
+    return tensors, meta, file_digest(path)[:12]
 
 
 def load_gate(path: str | Path) -> QualityGate:

@@ -27,8 +27,8 @@ class SegmentationOutput:
     robust_tower: float | None = None  # share of the image's encoder inputs (1, or its slide windows) the quality
     # gate found degraded and sent to the model's robust tower; None: the model has no robust tower
     restored: float | None = None  # share of its encoder inputs the restorer filtered first (deblurred, or
-    # smoothed where it looks JPEG-compressed) before the robust tower encoded them (SegmenterConfig.deblur);
-    # None: the model has no robust tower
+    # smoothed where its response for that kind says so) before the robust tower encoded them
+    # (SegmenterConfig.deblur); None: the model has no robust tower
 
     def summary(self) -> dict[str, Any]:
         """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
