@@ -2,9 +2,10 @@
 
 An image the quality gate flags is encoded a second time, by the robust tower (``SegmenterConfig.robust_fallback``),
 and filtered first (``SegmenterConfig.deblur``; docs/tiny-clip.md "Deblurring flagged images") as the restorer
-finds it. The restorer reads the gate's features and the image's spectrum and names the kind of degradation
-(``KINDS``: other, e.g. JPEG; upsampled; blurred, with its sigma; downsampled); each kind has one response, a
-signed sigma: a Wiener deblur by it when positive, a Gaussian smoothing by its size when negative.
+finds it. The restorer reads the gate's features, the image's spectrum and its 8 x 8 block edges (JPEG's) and
+names the kind of degradation (``KINDS``: other, e.g. JPEG; upsampled; blurred, with its sigma; downsampled); each
+kind has one response, a signed sigma: a Wiener deblur by it when positive, a Gaussian smoothing by its size when
+negative.
 
 The responses are measured, not assumed: every training scene, under one random corruption (Gaussian blur sigma
 0.3..1.6, rescaling x0.55..0.85 or x1.2..2 and back to the encoder's input, JPEG quality 10..60), is filtered by
@@ -19,11 +20,12 @@ distance over the images the gate flags; the **test** split is the report: per c
 grid) and with the best one.
 
 The shipped asset: ``python eval/train_restorer.py --k 0.0003 --confidence 0.5 --blur-offset 0.1 --other-sigma 0``
-(7 min here). The distances chose an upsampling sigma of 0.5, a downsampling one of 0.4, a smoothing of 0.3 for
-other (JPEG) scenes, a blur offset of 0.2 and a confidence of 0.5 (of 0.5..0.95, nearly tied). The smoothing did not
-pay on the val split's JPEG-30 episodes (training-free text 27.5 -> 24.9, learned rows within 0.7), so other scenes
-get none; Wiener's k (0.0003) and the blur offset (0.1) were chosen earlier by learned mIoU on the val split's
-blurred scenes (text 43.9 against 37.6 with k 0.001 and offset 0.2, 50 episodes per fold; docs/tiny-clip.md).
+(7 min here; ``--no-blocks`` refits the previous asset, which did not read the block edges). The distances chose an
+upsampling sigma of 0.5, a downsampling one of 0.4, a smoothing of 0.3 for other (JPEG) scenes, a blur offset of 0.2
+and a confidence of 0.5 (of 0.5..0.95, nearly tied). The smoothing did not pay on the val split's JPEG-30 episodes
+(training-free text 27.5 -> 24.9, learned rows within 0.7), so other scenes get none; Wiener's k (0.0003) and the
+blur offset (0.1) were chosen earlier by learned mIoU on the val split's blurred scenes (text 43.9 against 37.6 with
+k 0.001 and offset 0.2, 50 episodes per fold; docs/tiny-clip.md).
 
     python eval/train_restorer.py --k 0.0003 --confidence 0.5 --blur-offset 0.1 --other-sigma 0   # the asset
     python eval/train_restorer.py --out /tmp/r.safetensors   # the distances' own choices, beside the asset
@@ -51,7 +53,7 @@ from vlfss.modeling.backbones.base import FrozenBackbone  # noqa: E402
 from vlfss.modeling.backbones.tiny import RESTORER  # noqa: E402
 from vlfss.modeling.config import SegmenterConfig  # noqa: E402
 from vlfss.modeling.quality_gate import gate_features  # noqa: E402
-from vlfss.modeling.restore import KINDS, Restorer, spectrum_features, wiener_deblur  # noqa: E402
+from vlfss.modeling.restore import KINDS, Restorer, block_features, spectrum_features, wiener_deblur  # noqa: E402
 from vlfss.segmenter import Segmenter  # noqa: E402
 
 GRID = (-0.7, -0.5, -0.4, -0.3, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.35, 1.5)
@@ -59,7 +61,7 @@ GRID = (-0.7, -0.5, -0.4, -0.3, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 CHECKS = ("blur:0.5", "blur:1", "blur:1.5", "scale:0.75", "scale:1.5", "jpeg:30", "jpeg:60")
 OFFSETS = (0.0, 0.1, 0.2, 0.3, 0.4)  # blur: deblur by the sigma less this
 CONFIDENCES = (0.5, 0.7, 0.85, 0.95)
-SPECTRUM = 32  # spectrum_features' width (16 rings x 2)
+IMAGE_FEATURES = 32 + 16  # spectrum_features' width (16 rings x 2), then block_features' (8 phases x 2)
 
 
 def random_corruption(rng: np.random.Generator) -> str:
@@ -110,7 +112,7 @@ class Measure:
         for t, t0 in zip(taps, taps0):
             dist = dist + ((t - t0) ** 2).mean(dim=(1, 2, 3)) / t0.var()
         score = float(self.seg.gate.score_features(feats[None])[0])
-        return torch.cat([feats, spectrum_features(xc[None])[0]]), xc, dist, score
+        return torch.cat([feats, spectrum_features(xc[None])[0], block_features(xc[None])[0]]), xc, dist, score
 
 
 def collect(measure: Measure, split: str, n: int, rng: np.random.Generator, spec: str | None = None
@@ -184,7 +186,7 @@ def responses(d: torch.Tensor, kinds: torch.Tensor, blur: torch.Tensor) -> dict:
 def summary(restorer: Restorer, x: torch.Tensor, inputs: torch.Tensor, d: torch.Tensor) -> dict:
     """Mean distances of flagged images: unfiltered (the gate alone), the restorer's response (its sigma rounded
     to the grid), the best of the grid; how many were deblurred (and by how much) and smoothed."""
-    sig = restorer.sigma(x[:, :-SPECTRUM], inputs)
+    sig = restorer.sigma(x[:, :-IMAGE_FEATURES], inputs)
     pick = torch.tensor([nearest(float(s)) for s in sig])
     return {"images": len(x), "plain": round(float(d[:, GRID.index(0.0)].mean()), 4),
             "chosen": round(float(d[torch.arange(len(d)), pick].mean()), 4),
@@ -193,7 +195,7 @@ def summary(restorer: Restorer, x: torch.Tensor, inputs: torch.Tensor, d: torch.
             "mean_sigma_deblurred": round(float(sig[sig > 0].mean()), 3) if bool((sig > 0).any()) else 0.0}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(RESTORER))
     ap.add_argument("--report", default="runs/restorer.json")
@@ -213,17 +215,22 @@ def main() -> None:
                     help="use this response for other (e.g. JPEG) images instead of the one the distances choose")
     ap.add_argument("--use-k", type=float, default=None,
                     help="the Wiener noise-to-signal ratio the restorer deblurs with (default: --k, measured with)")
-    args = ap.parse_args()
+    ap.add_argument("--no-blocks", action="store_true",
+                    help="fit without block_features (the restorer shipped before them)")
+    args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     measure = Measure(args.k)
     gate = measure.seg.gate
     xt, it, dt, _, specs = collect(measure, "train", args.train, rng)
+    drop = slice(None, -16) if args.no_blocks else slice(None)  # block_features are the last 16 columns
+    xt = xt[:, drop]
     kinds = torch.tensor([kind_of(s)[0] for s in specs])
     blur = torch.tensor([kind_of(s)[1] for s in specs])
     mean, std, mlp = fit(xt, kinds, blur, args.hidden, args.weight_decay, args.steps, args.seed)
     policy = responses(dt, kinds, blur)
     restorer = Restorer(mean, std, mlp[0].weight.detach(), mlp[0].bias.detach(), mlp[2].weight.detach(),
-                        mlp[2].bias.detach(), k=args.k, **policy, confidence=0.0, backbone=gate.backbone)
+                        mlp[2].bias.detach(), k=args.k, **policy, confidence=0.0, backbone=gate.backbone,
+                        blocks=not args.no_blocks)
     xv, iv, dv, gv, _ = collect(measure, "val", args.val, rng)
     flagged = gv > gate.threshold  # the restorer only sees images the gate flags
     by_conf = {}

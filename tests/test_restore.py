@@ -19,6 +19,7 @@ from vlfss.modeling.restore import (
     RESTORER_TENSORS,
     SCALARS,
     Restorer,
+    block_features,
     gaussian_otf,
     load_restorer,
     spectrum_features,
@@ -67,6 +68,22 @@ def test_spectrum_features_see_blur_and_jpeg_blocks():
     assert f[2, 16 + ring] > f[0, 16 + ring]
 
 
+def test_block_features_find_jpeg_blocks_wherever_they_start():
+    seg = Segmenter.from_config(SegmenterConfig(robust_fallback=False))
+    specs = (None, "jpeg:30", "jpeg:10", "blur:1", "scale:1.5")
+    x = torch.stack([seg._to_input(im if s is None else _corrupt(im, s)[:96, :96], (96, 96))
+                     for im in (_scene(i) for i in range(4)) for s in specs])
+    f = block_features(x)
+    assert f.shape == (20, 16)
+    top = f[:, [0, 8]].mean(1).view(4, len(specs)).mean(0)  # the strongest column and row phase, over the mean
+    clean, q30, q10, blur, scale = top.tolist()
+    assert q10 > q30 > 2 * max(clean, blur, scale)  # compressed: one phase (the blocks' edges) steps most
+    jpeg = x.view(4, len(specs), *x.shape[1:])[:, 1]
+    shifted = block_features(jpeg[:, :, 3:, 5:])  # windows that start mid-block see the same blocks
+    assert torch.allclose(shifted[:, [0, 8]].mean(1), block_features(jpeg)[:, [0, 8]].mean(1), atol=0.1)
+    assert torch.equal(block_features(torch.zeros(1, 3, 5, 5)), torch.zeros(1, 16))  # smaller than a block
+
+
 def _restorer(**kw) -> Restorer:
     """A restorer whose MLP ignores its input: the kinds' logits and the blur sigma are its output bias."""
     base = dict(mean=torch.zeros(2 + 32), std=torch.ones(2 + 32), weight1=torch.zeros(4, 34), bias1=torch.zeros(4),
@@ -106,6 +123,11 @@ def test_restorer_saves_and_loads_and_rejects_other_files(tmp_path):
                  {k: getattr(r, k) for k in SCALARS})  # fitted before down / other responses existed
     v1 = load_restorer(tmp_path / "v1.safetensors")
     assert (v1.down_sigma, v1.other_sigma) == (0.0, 0.0)  # those kinds are left alone, as they were then
+    assert not v1.blocks and v1.inputs(torch.zeros(1, 2), torch.zeros(1, 3, 16, 16)).shape == (1, 34)
+    wide = _restorer(mean=torch.zeros(50), std=torch.ones(50), weight1=torch.zeros(4, 50), blocks=True)
+    wide.save(tmp_path / "blocks.safetensors")
+    back = load_restorer(tmp_path / "blocks.safetensors")
+    assert back.blocks and back.sigma(torch.zeros(2, 2), torch.zeros(2, 3, 16, 16)).shape == (2,)
     _restorer(weight2=torch.zeros(4, 4), bias2=torch.zeros(4)).save(tmp_path / "old.safetensors")  # 3 kinds
     with pytest.raises(ModelError, match="old.safetensors does not load .*4 outputs, not 5"):
         load_restorer(tmp_path / "old.safetensors")
@@ -174,3 +196,29 @@ def test_without_a_restorer_flagged_images_are_not_deblurred(seg):
     with torch.inference_mode():
         _, flags, sigmas = dense_with_fallback(seg.backbone, seg.fallback, seg.gate, batch, seg.variant, None)
     assert flags.tolist() == [False, True] and sigmas.tolist() == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_train_restorer_fits_a_restorer_that_reads_the_block_edges(tmp_path):
+    """eval/train_restorer.py end to end on a few scenes: the file loads, reads the gate's taps, the spectrum and (by
+    default) the block edges, and the report covers every check; ``--no-blocks`` fits the earlier kind."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "train_restorer.py"
+    spec = importlib.util.spec_from_file_location("eval_train_restorer", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    small = ["--train", "24", "--val", "12", "--test", "4", "--steps", "50", "--hidden", "16"]
+    widths = {}
+    for blocks in (True, False):
+        out, report = tmp_path / f"r{blocks}.safetensors", tmp_path / f"r{blocks}.json"
+        mod.main([*small, "--out", str(out), "--report", str(report)] + ([] if blocks else ["--no-blocks"]))
+        r = load_restorer(out)
+        assert r.blocks is blocks and r.digest
+        widths[blocks] = r.mean.numel()
+        assert set(json.loads(report.read_text())["test"]) == set(mod.CHECKS)
+    assert widths[True] == widths[False] + 16  # the gate's features and the spectrum's, then the block edges'

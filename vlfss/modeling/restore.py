@@ -60,13 +60,14 @@ KINDS = ("other", "upsampled", "blurred", "downsampled")  # what the restorer te
 class Restorer:
     """Which deblur to apply to an image the quality gate flagged, before the robust tower encodes it.
 
-    An MLP reads the gate's features and the image's spectrum (``spectrum_features``) and says what kind of
-    degradation the image shows (``KINDS``) and, for a blur, its sigma. Each kind has its measured best response
-    (``eval/train_restorer.py``, on training scenes: the one whose robust-tower features come closest to the clean
-    scene's sharp ones): an upsampled image is deblurred by ``up_sigma``, a blurred one by its sigma less
-    ``blur_offset``, a downsampled one by ``down_sigma`` (the interpolation's attenuation below the smaller size's
-    Nyquist frequency; the detail above it is gone), and anything else, such as JPEG, by ``other_sigma`` (negative:
-    a light smoothing of the blocks' edges). A call less sure than ``confidence`` is left as it is.
+    An MLP reads the gate's features, the image's spectrum (``spectrum_features``) and its block edges
+    (``block_features``, which tell JPEG from blur) and says what kind of degradation the image shows (``KINDS``)
+    and, for a blur, its sigma. Each kind has its measured best response (``eval/train_restorer.py``, on training
+    scenes: the one whose robust-tower features come closest to the clean scene's sharp ones): an upsampled image is
+    deblurred by ``up_sigma``, a blurred one by its sigma less ``blur_offset``, a downsampled one by ``down_sigma``
+    (the interpolation's attenuation below the smaller size's Nyquist frequency; the detail above it is gone), and
+    anything else, such as JPEG, by ``other_sigma`` (negative: a light smoothing of the blocks' edges). A call less
+    sure than ``confidence`` is left as it is.
     """
 
     mean: Tensor  # F
@@ -83,10 +84,18 @@ class Restorer:
     digest: str = ""
     down_sigma: float = 0.0  # files fitted before these responses existed leave those kinds alone
     other_sigma: float = 0.0
+    blocks: bool = False  # reads ``block_features`` too (files fitted before them do not)
+
+    def inputs(self, features: Tensor, images: Tensor) -> Tensor:
+        """B x F MLP inputs: the gate's features, the spectrum's and (if fitted with them) the block edges'."""
+        parts = [features.float(), spectrum_features(images).to(features.device)]
+        if self.blocks:
+            parts.append(block_features(images).to(features.device))
+        return torch.cat(parts, dim=1)
 
     def predict(self, features: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
         """(B x 4 kind probabilities, B blur sigmas) for B x F gate features of B normalised images."""
-        f = torch.cat([features.float(), spectrum_features(images).to(features.device)], dim=1)
+        f = self.inputs(features, images)
         if f.shape[1] != self.mean.numel():
             raise ModelError(f"restorer for {self.backbone} reads {self.mean.numel()} features, got "
                              f"{f.shape[1]}: the model's taps differ from the ones it was fitted on")
@@ -106,7 +115,7 @@ class Restorer:
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         write_fitted(path, RESTORER_FORMAT, {k: getattr(self, k) for k in RESTORER_TENSORS},
-                     {**{k: getattr(self, k) for k in SCALARS + RESPONSES}, **(extra or {})})
+                     {**{k: getattr(self, k) for k in SCALARS + RESPONSES}, "blocks": self.blocks, **(extra or {})})
 
 
 SCALARS = ("k", "up_sigma", "blur_offset", "confidence", "backbone")
@@ -120,7 +129,7 @@ def load_restorer(path: str | Path) -> Restorer:
         if len(tensors["bias2"]) != len(KINDS) + 1:  # the kinds' logits and the blur sigma
             raise ValueError(f"{len(tensors['bias2'])} outputs, not {len(KINDS) + 1}")
         return Restorer(**tensors, **{k: meta[k] for k in SCALARS}, digest=digest,
-                        **{k: float(meta.get(k, 0.0)) for k in RESPONSES})
+                        **{k: float(meta.get(k, 0.0)) for k in RESPONSES}, blocks=bool(meta.get("blocks", False)))
     except Exception as e:  # missing, not safetensors, or another kind of file
         raise ModelError(f"restorer {path} does not load ({type(e).__name__}: {str(e)[:120]}); "
                          "reinstall vlfss or refit it with eval/train_restorer.py") from None
@@ -146,3 +155,20 @@ def spectrum_features(images: Tensor, bins: int = 16) -> Tensor:
     band = p @ onehot
     on_axis = (p * axis.flatten().float()) @ onehot
     return torch.cat([torch.log(band / total + 1e-12), on_axis / (band + 1e-12)], dim=1)
+
+
+def block_features(images: Tensor, period: int = 8) -> Tensor:
+    """B x 2*period features of JPEG's block edges: the mean absolute step between neighbouring grey levels at each
+    of the ``period`` column (then row) phases, as log ratios to their mean, sorted (so the blocks' offset in the
+    image does not matter: a window of a larger photo starts anywhere). A compressed image steps most at one phase,
+    its blocks' edges; a blurred or resampled one has no favourite."""
+    g = images.float().mean(1)
+    out = []
+    for d in (g[..., :, 1:] - g[..., :, :-1], (g[..., 1:, :] - g[..., :-1, :]).transpose(-1, -2)):
+        n = d.shape[-1] // period * period
+        if n == 0:  # narrower than one block: nothing to see
+            out.append(torch.zeros(len(g), period, device=g.device))
+            continue
+        step = d[..., :n].abs().reshape(len(g), d.shape[-2], n // period, period).mean(dim=(1, 2))  # B x period
+        out.append(torch.log(step / step.mean(-1, keepdim=True).clamp(min=1e-12) + 1e-6).sort(-1, descending=True)[0])
+    return torch.cat(out, dim=1)
