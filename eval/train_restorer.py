@@ -61,7 +61,8 @@ GRID = (-0.7, -0.5, -0.4, -0.3, -0.2, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 CHECKS = ("blur:0.5", "blur:1", "blur:1.5", "scale:0.75", "scale:1.5", "jpeg:30", "jpeg:60")
 OFFSETS = (0.0, 0.1, 0.2, 0.3, 0.4)  # blur: deblur by the sigma less this
 CONFIDENCES = (0.5, 0.7, 0.85, 0.95)
-IMAGE_FEATURES = 32 + 16  # spectrum_features' width (16 rings x 2), then block_features' (8 phases x 2)
+BLOCKS = 16  # block_features' width (8 phases x 2), the last columns of the collected features
+IMAGE_FEATURES = 32 + BLOCKS  # spectrum_features' width (16 rings x 2), then block_features'
 
 
 def random_corruption(rng: np.random.Generator) -> str:
@@ -222,8 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     measure = Measure(args.k)
     gate = measure.seg.gate
     xt, it, dt, _, specs = collect(measure, "train", args.train, rng)
-    drop = slice(None, -16) if args.no_blocks else slice(None)  # block_features are the last 16 columns
-    xt = xt[:, drop]
+    if args.no_blocks:
+        xt = xt[:, :-BLOCKS]
     kinds = torch.tensor([kind_of(s)[0] for s in specs])
     blur = torch.tensor([kind_of(s)[1] for s in specs])
     mean, std, mlp = fit(xt, kinds, blur, args.hidden, args.weight_decay, args.steps, args.seed)
