@@ -31,7 +31,8 @@ from vlfss.segmenter import build_segmenter  # noqa: E402
 
 CASES = {  # name -> (model, extra segmenter fields, large image (h, w))
     "tiny": ("vlfss-tiny", {}, (288, 288)),
-    "vitb": ("ViT-B-16", {"pretrained": "random"}, (768, 1024)),
+    # native windows over the whole photo (slide_short_side=0), not the model's SCLIP-style resize to 336 px first
+    "vitb": ("ViT-B-16", {"pretrained": "random", "slide_short_side": 0}, (768, 1024)),
 }
 
 

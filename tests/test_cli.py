@@ -49,6 +49,25 @@ def test_segment_writes_all_outputs(files, model_args, tmp_path, capsys):
     assert sum(c["area_px"] for c in summary["classes"]) == int((labels > 0).sum())
 
 
+def test_segment_records_how_each_image_was_encoded(files, model_args, tmp_path, capsys):
+    """--inference picks the strategy; every JSON says what was done (auto: its pick; slide: the window count)."""
+    big = tmp_path / "big.png"  # the tiny test model's windows are 32 px: 96 x 128 is 3 x 4 windows and more
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(big)
+    for flag, want in (([], "slide"), (["--inference", "resize"], "resize"), (["--inference", "multiscale"],
+                                                                               "multiscale")):
+        out = tmp_path / f"out{want}"
+        code, _, err = run(["segment", str(big), files["query"], "--text", "a cat", "--out", str(out),
+                            *model_args, *flag, "--set", "slide_short_side=0"], capsys)
+        assert code == 0, err
+        got = json.loads((out / "big.json").read_text())
+        assert got["inference"] == want and (got.get("windows", 0) > 1) == (want == "slide")
+        small = json.loads((out / "query.json").read_text())  # 40 x 56: under auto's two windows
+        assert small["inference"] == ("resize" if want == "slide" else want) and "windows" not in small
+    with pytest.raises(SystemExit) as e:
+        main(["segment", files["query"], "--text", "a cat", "--inference", "tiles", *model_args])
+    assert e.value.code == 2 and "--inference: invalid choice: 'tiles'" in capsys.readouterr().err
+
+
 def test_existing_outputs_not_overwritten(files, model_args, tmp_path, capsys):
     out = tmp_path / "o"
     assert run(["segment", files["query"], "--text", "x", "--out", str(out), *model_args], capsys)[0] == 0

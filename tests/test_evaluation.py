@@ -290,7 +290,9 @@ def test_cli_head_per_fold(cli_args, tiny_backbone, tmp_path, capsys):
 
 def test_outputs_written_readable_and_episode_files_reused(make_seg, bench, tmp_path):
     out = tmp_path / "a"
-    res = evaluate(make_seg(), bench, folds=[0, 2], shots=[0, 1], episodes=3, seeds=[0, 1], modes="both",
+    seg = make_seg()
+    inference = seg.cfg.inference
+    res = evaluate(seg, bench, folds=[0, 2], shots=[0, 1], episodes=3, seeds=[0, 1], modes="both",
                    out_dir=str(out), progress=False)
     rows, torn = read_jsonl(out / "results.jsonl")
     assert not torn and len(rows) == 2 * 2 * (2 * 3 + 2) and rows == res.rows
@@ -298,6 +300,7 @@ def test_outputs_written_readable_and_episode_files_reused(make_seg, bench, tmp_
         assert {"miou", "fb_iou", "per_class", "episode_ci", "ece", "risk_coverage", "command", "model", "versions",
                 "episode_hash", "config_hash", "precision", "recall", "f1"} <= set(r)
         assert {"python", "torch", "open_clip_torch"} <= set(r["versions"])
+        assert r["inference"] == inference  # the strategy is in every row
     table = (out / "table.md").read_text()
     assert "| fold 0 | fold 2 | mean |" in table and "learned | text+examples | 1 |" in table and " ± " in table
     assert table == markdown_table(rows)

@@ -88,6 +88,7 @@ def test_labels_equal_segment_and_coco_round_trips(world, seg, tmp_path):
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [m["path"] for m in manifest] == [it.path for it in items]
     assert all(m["status"] == "done" and 0 <= m["uncertainty"] <= 1 for m in manifest)
+    assert all(m["inference"] == seg.how_encoded(m["height"], m["width"])[0] for m in manifest)  # how, recorded
     gt = COCO(str(out / "coco.json"))
     assert [c["name"] for c in gt.loadCats(gt.getCatIds())] == [world["text"]]
     assert len(gt.getImgIds()) == N_IMAGES

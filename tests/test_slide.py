@@ -47,7 +47,7 @@ def large_scene():
 
 
 def test_slide_encodes_all_windows_in_one_batch_and_caches_them(tiny_backbone, large_scene, monkeypatch):
-    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", inference="slide"))
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", inference="slide", slide_short_side=0))
     calls = []
     real = tiny_backbone.dense
     monkeypatch.setattr(tiny_backbone, "dense", lambda x, v="plain": calls.append(x.shape[0]) or real(x, v))
@@ -59,6 +59,30 @@ def test_slide_encodes_all_windows_in_one_batch_and_caches_them(tiny_backbone, l
     assert enc.z.shape[-2:] == (192 // p, 192 // p)  # one global grid for the whole image
     seg.encode([large_scene.image])
     assert calls == [n] and seg.image_encodes == 1  # the second request hits the cache
+
+
+def test_real_clips_resize_the_short_side_before_sliding_as_sclip_does(tiny_backbone):
+    """A real CLIP's default (SCLIP / ClearCLIP / ProxyCLIP): the short side to 1.5 windows, then windows, so a big
+    photo is a handful of windows that each see a good part of it; 0 keeps native pixels; vlfss-tiny keeps them."""
+    window = tiny_backbone.image_size
+    seg = Segmenter(tiny_backbone, SegmenterConfig(templates="plain"))
+    assert seg.cfg.slide_short_side == round(1.5 * window)  # resolved visibly in the config
+    big = (20 * window, 15 * window)
+    canvas, tag, boxes = seg._plan(*big, None)
+    assert min(canvas) == round(1.5 * window) and len(boxes) <= 6 and tag.startswith("|slide")
+    native = Segmenter(tiny_backbone, SegmenterConfig(templates="plain", slide_short_side=0))
+    assert len(native._plan(*big, None)[2]) > 100  # every native window of the photo
+    assert Segmenter(tiny_backbone, SegmenterConfig(templates="plain", window=2 * window)).cfg.slide_short_side \
+        == 3 * window  # in windows of the configured size
+    with pytest.raises(InputError, match="slide_short_side=-1: use a side in pixels"):
+        Segmenter(tiny_backbone, SegmenterConfig(templates="plain", slide_short_side=-1))
+
+
+def test_the_embedded_model_slides_at_native_pixels():
+    seg = Segmenter.from_config(SegmenterConfig(robust_fallback=False))
+    assert seg.cfg.slide_short_side == 0  # its world is drawn at native pixels (the synthetic-large benchmark)
+    canvas, _, boxes = seg._plan(288, 288, None)
+    assert canvas == (288, 288) and len(boxes) == 16
 
 
 def test_auto_slides_only_large_images(tiny_backbone, large_scene):

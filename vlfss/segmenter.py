@@ -83,6 +83,13 @@ class Segmenter(ImageEncoding, nn.Module):
             self.cfg = dataclasses.replace(self.cfg, training_free=tfc)  # a copy: the caller's config is untouched
         if self.cfg.refine is None:  # the model's refinement, resolved visibly in cfg (and so in the config hash)
             self.cfg = dataclasses.replace(self.cfg, refine=defaults.refine)
+        if self.cfg.slide_short_side is None:  # likewise the short side slide resizes to (0: native pixels)
+            n = defaults.slide_short_windows
+            window = self.cfg.window or backbone.image_size
+            self.cfg = dataclasses.replace(self.cfg, slide_short_side=0 if n is None else int(round(n * window)))
+        if self.cfg.slide_short_side < 0:
+            raise InputError(f"slide_short_side={self.cfg.slide_short_side}: use a side in pixels (e.g. 336), or 0 "
+                             "for native pixels")
         tf.check_config(self.cfg.training_free, len(backbone.taps), "training_free.")
         check_calibration(self.cfg.calibrate_shrink, self.cfg.calibrate_refine)
         if self.cfg.robust_symmetry not in SYMMETRIES:
@@ -305,8 +312,17 @@ class Segmenter(ImageEncoding, nn.Module):
             return sum(getattr(q, attr) for q in qs) / len(qs) if self.gate is not None else None
 
         return [make_output(self.refine_logits(img, fn.nway_logits(f.unsqueeze(0))[0], request.refine),
-                            request.class_names, share(qs, "robust_share"), share(qs, "restored_share"))
+                            request.class_names, share(qs, "robust_share"), share(qs, "restored_share"),
+                            *self.how_encoded(*img.shape[:2]))
                 for img, f, qs in zip(imgs, fg, zip(*encoded))]
+
+    def how_encoded(self, h: int, w: int) -> tuple[str, int]:
+        """(strategy, windows) an h x w image is encoded with: resize / slide / multiscale, and slide's window count
+        (0 otherwise); what every output records."""
+        if self.cfg.inference == "multiscale":
+            return "multiscale", 0
+        boxes = self._plan(h, w, None)[2]
+        return ("slide", len(boxes)) if boxes is not None else ("resize", 0)
 
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..modeling.config import INFERENCES
 from ..modeling.types import SegmentationOutput
 from .export import write_downloads
 from .inputs import Limits, class_names_text, read_example, read_queries
@@ -25,7 +26,6 @@ from .state import SegmenterRegistry, SessionStore, request_key
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "training-free", "learned")
-INFERENCES = ("auto", "resize", "slide", "multiscale")  # SegmenterConfig.inference: how large images are encoded
 Example = tuple[np.ndarray, np.ndarray]  # (RGB image, {0,1,255} mask) of one support or negative example
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..modeling.config import SegmenterConfig
+from ..modeling.config import INFERENCES, SegmenterConfig
 
 _DEFAULTS = SegmenterConfig()
 
@@ -50,6 +50,9 @@ def add_segmenter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", default=d.templates, help="template set name or file (default: the model's own)")
     p.add_argument("--input-size", type=int, default=d.input_size,
                    help="encoder long side in pixels (default: the model's native size)")
+    p.add_argument("--inference", default=d.inference, choices=list(INFERENCES),
+                   help=f"how images are encoded: resize to the encoder's input, slide windows over it, multiscale, "
+                   f"or auto (slide when the long side is >= {d.auto_slide_factor:g} windows; default {d.inference})")
     p.add_argument("--cache-dir", default=d.cache_dir, help="download cache for hub weights")
     p.add_argument("--device", default=d.device, help=f"torch device (default {d.device})")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other SegmenterConfig overrides")
@@ -61,6 +64,7 @@ def segmenter_config(args: argparse.Namespace) -> SegmenterConfig:
 
     flags = {"model": args.model, "pretrained": args.pretrained, "mode": args.mode, "head_path": args.head,
              "variant": args.variant, "templates": args.templates, "input_size": args.input_size,
+             "inference": args.inference,
              "cache_dir": args.cache_dir, "device": args.device}
     defaults = {f.name: getattr(_DEFAULTS, f.name) for f in dataclasses.fields(SegmenterConfig)}
     overrides = [f"{k}={v}" for k, v in flags.items() if v != defaults[k] and v is not None]

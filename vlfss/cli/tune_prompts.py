@@ -54,7 +54,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="encoder long side in pixels (default: the model's native size)")
     p.add_argument("--cache-dir", default=_SEG.cache_dir, help="download cache for hub weights")
     p.add_argument("--device", default=_SEG.device, help=f"torch device (default {_SEG.device})")
-    p.set_defaults(mode="training-free", head=None, set=[])
+    p.set_defaults(mode="training-free", head=None, set=[], inference=_SEG.inference)
 
 
 def _check_paths(args: argparse.Namespace) -> Path:

@@ -278,7 +278,7 @@ def _row(run: _Run, bench: Benchmark, g: Group, key: RowSpec, metrics: dict[str,
         model=seg.backbone.model_id, head=run.digests.get(g.fold) if mode == "learned" else None,
         variant=seg.head_variant if mode == "learned" else seg.variant,
         command=run.opts.command or "python API", versions=versions, perturb=g.perturb,
-        adapt_steps=run.opts.adapt_steps if mode == "learned" and k > 0 else 0).to_json()
+        adapt_steps=run.opts.adapt_steps if mode == "learned" and k > 0 else 0, inference=seg.cfg.inference).to_json()
 
 
 def _write_outputs(run: _Run, rows: list[dict[str, Any]], groups: list[Group],

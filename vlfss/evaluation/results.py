@@ -34,6 +34,7 @@ class ResultRow:
     versions: dict[str, str]  # python and package versions
     adapt_steps: int = 0  # test-time adaptation steps asked for (learned rows with supports; validated per request)
     perturb: str = "clean"  # corruption applied to query and supports ("clean", "jpeg:30", "blur:1", ...)
+    inference: str = "auto"  # SegmenterConfig.inference: how images were encoded (auto: slide or resize per image)
 
     def to_json(self) -> dict[str, Any]:
         """The row as results.jsonl holds it: metrics flattened in, nan/inf as None."""

@@ -221,7 +221,7 @@ class Loop:
     def _score_and_write(self, item: Item, digest: str, image: np.ndarray, encs: list[Encoded]) -> None:
         """In a pool thread: the image's logits, its files, then its journal line."""
         logits = image_logits(self.seg, self.request, encs, image)
-        self.journal.append(self.writer.write(item, digest, image, logits))
+        self.journal.append(self.writer.write(item, digest, image, logits, self.seg.how_encoded(*image.shape[:2])))
 
     def _finish(self, fut: Future, stats: LoopStats) -> None:
         try:

@@ -54,8 +54,10 @@ class ImageWriter:
         self.names = list(class_names)
         self.options = options
 
-    def write(self, item: Item, digest: str, image: np.ndarray, logits: Tensor) -> dict[str, Any]:
-        """``logits``: (N+1) x H x W, background first (``loop.image_logits``)."""
+    def write(self, item: Item, digest: str, image: np.ndarray, logits: Tensor,
+              how: tuple[str, int] | None = None) -> dict[str, Any]:
+        """``logits``: (N+1) x H x W, background first (``loop.image_logits``); ``how``: (strategy, windows) the
+        image was encoded with (``Segmenter.how_encoded``), recorded with it."""
         out = make_output(logits, self.names)
         labels = out.labels.numpy().astype(np.uint8)
         from PIL import Image
@@ -79,7 +81,8 @@ class ImageWriter:
         return {"path": item.path, "name": item.name, "hash": digest, "status": "done",
                 "height": int(labels.shape[0]), "width": int(labels.shape[1]), "classes": classes,
                 "mean_confidence": round(float(conf.mean()), 4), "mean_entropy": round(float(out.entropy.mean()), 4),
-                "uncertainty": round(uncertainty(out.probs, out.labels, out.entropy), 4)}
+                "uncertainty": round(uncertainty(out.probs, out.labels, out.entropy), 4),
+                **({"inference": how[0], **({"windows": how[1]} if how[1] else {})} if how else {})}
 
 
 def failed_record(item: Item, digest: str | None, reason: str) -> dict[str, Any]:

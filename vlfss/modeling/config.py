@@ -6,11 +6,12 @@ Plain dataclasses with no torch import, so the CLI reads its defaults from here 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 INPUT_KINDS = ("text", "shots", "text+shots")  # what a class is given as: a name, examples, or both
 Mode = Literal["auto", "training-free", "learned"]
 Inference = Literal["auto", "resize", "slide", "multiscale"]
+INFERENCES: tuple[str, ...] = get_args(Inference)
 Refine = Literal["none", "pamr", "pamr-area"]
 Symmetry = Literal["none", "flip", "d8"]  # vlfss.modeling.symmetry.SYMMETRIES
 REFINES: tuple[str, ...] = ("none", "pamr", "pamr-area")
@@ -19,13 +20,16 @@ REFINES: tuple[str, ...] = ("none", "pamr", "pamr-area")
 @dataclass(frozen=True)
 class ModelDefaults:
     """A model's own defaults, data on its registry entry (like timm's ``pretrained_cfg``). The segmenter's
-    ``None`` fields (``variant``, ``templates``, ``refine``, ``training_free.proto_features``) resolve to these, in
-    one place: ``Segmenter.__init__``."""
+    ``None`` fields (``variant``, ``templates``, ``refine``, ``slide_short_side``, ``training_free.proto_features``)
+    resolve to these, in one place: ``Segmenter.__init__``."""
 
     variant: str = "clearclip"  # dense last-block variant giving text-aligned patch embeddings (real CLIP weights)
     templates: str = "default"  # template set its class names are wrapped in
     proto_features: str = "z"  # features prototypes match on: "z" (text-aligned) or "tap<i>" (encoder tap i)
     refine: str = "none"  # mask refinement (SegmenterConfig.refine) where it was measured to pay, else none
+    # slide: the short side is resized to this many windows first (SegmenterConfig.slide_short_side), as SCLIP,
+    # ClearCLIP and ProxyCLIP evaluate (336 px for 224-px windows); None: native pixels (a world drawn at them)
+    slide_short_windows: float | None = 1.5
 
 
 @dataclass
@@ -92,7 +96,8 @@ class SegmenterConfig:
     # long side is at least `auto_slide_factor` x input_size (or windows when input_size is unset), else resize
     window: int | None = None  # slide: window side in pixels; None: the encoder's input size
     stride: int | None = None  # slide: window stride in pixels; None: 2/3 of the window (rounded to the patch)
-    slide_short_side: int | None = None  # slide: resize the short side to this first (SCLIP: 336); None: native
+    slide_short_side: int | None = None  # slide: resize the short side to this many pixels first; 0: native
+    # pixels; None: the model's default (real CLIPs: 1.5 windows, SCLIP's 336 px for 224-px windows; vlfss-tiny: 0)
     auto_slide_factor: float = 2.0  # auto: slide when the long side >= this many windows
     scales: list[float] = field(default_factory=lambda: [0.75, 1.0, 1.5])  # multiscale: input sizes x these
     refine: Refine | None = None  # mask refinement on the image at its original size:

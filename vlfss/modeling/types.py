@@ -29,6 +29,8 @@ class SegmentationOutput:
     restored: float | None = None  # share of its encoder inputs the restorer filtered first (deblurred, or
     # smoothed where its response for that kind says so) before the robust tower encoded them
     # (SegmenterConfig.deblur); None: the model has no robust tower
+    inference: str | None = None  # how the image was encoded: resize, slide or multiscale (auto records its pick)
+    windows: int = 0  # slide: the encoder windows the image was cut into
 
     def summary(self) -> dict[str, Any]:
         """Classes, areas (pixels and fraction) and mean confidence, for JSON."""
@@ -42,6 +44,10 @@ class SegmentationOutput:
         out = {"height": int(self.labels.shape[0]), "width": int(self.labels.shape[1]), "classes": classes,
                "mean_confidence": round(float(self.confidence.mean()), 4),
                "mean_entropy": round(float(self.entropy.mean()), 4)}
+        if self.inference is not None:
+            out["inference"] = self.inference
+        if self.windows:
+            out["windows"] = self.windows
         if self.robust_tower is not None:
             out["robust_tower"] = round(self.robust_tower, 4)
         if self.restored is not None:
@@ -50,7 +56,7 @@ class SegmentationOutput:
 
 
 def make_output(logits: Tensor, class_names: list[str], robust_tower: float | None = None,
-                restored: float | None = None) -> SegmentationOutput:
+                restored: float | None = None, inference: str | None = None, windows: int = 0) -> SegmentationOutput:
     """(N+1) x H x W logits -> SegmentationOutput."""
     probs = logits.float().softmax(0)
     # max over dim 0 gives the argmax (the first maximum, as argmax) and the confidence in one pass; argmax(0) alone
@@ -60,7 +66,7 @@ def make_output(logits: Tensor, class_names: list[str], robust_tower: float | No
     masks = torch.stack([labels == i + 1 for i in range(n)]) if n else torch.zeros(0, *labels.shape, dtype=torch.bool)
     return SegmentationOutput(class_names=list(class_names), logits=logits, probs=probs, labels=labels, masks=masks,
                               confidence=confidence, entropy=fn.normalised_entropy(probs.unsqueeze(0))[0],
-                              robust_tower=robust_tower, restored=restored)
+                              robust_tower=robust_tower, restored=restored, inference=inference, windows=windows)
 
 
 # ------------------------------------------------------------------------------------ internal data

@@ -47,7 +47,8 @@ REAL_CLIP_HINT = "--model ViT-B-16 --pretrained openai (Python: build_segmenter(
 # (docs/results.md, "Training-free prototypes").
 # Its masks are refined with PAMR keeping each class's area: +3.6 to +7.8 mIoU in every cell of the README table
 # (docs/inference.md, "Mask refinement"); the robust variant's tables were measured unrefined, so it keeps none.
-TINY_DEFAULTS = ModelDefaults(variant="plain", templates="synthetic", proto_features="tap0", refine="pamr-area")
+TINY_DEFAULTS = ModelDefaults(variant="plain", templates="synthetic", proto_features="tap0", refine="pamr-area",
+                              slide_short_windows=None)  # its world is drawn at native pixels: slide keeps them
 ROBUST_DEFAULTS = dataclasses.replace(TINY_DEFAULTS, refine="none")
 
 
