@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     seg = build_segmenter(args)
     request = class_request(args, seg)
     for p in tqdm(images, disable=len(images) < 3 or args.quiet, desc="segment", unit="img"):
-        out = seg.segment(str(p), **request, adapt_steps=args.adapt_steps)
-        img = load_image(p)
+        img = load_image(p)  # decoded once, for the segmenter and the overlay
+        out = seg.segment(img, **request, adapt_steps=args.adapt_steps)
         labels = out.labels.numpy()
         lab, ov, conf, js = targets[p]
         atomic_save_image(label_png(labels), lab)
@@ -66,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(js, json.dumps(summary, indent=2))
         if not args.quiet:
             found = ", ".join(f"{c['name']} {100 * c['area_frac']:.1f}%" for c in summary["classes"])
-            print(f"{p.name}: {found} -> {lab.name}, {ov.name}, {conf.name}, {js.name}")
+            how = f" ({summary['windows']} windows)" if summary.get("windows", 0) > 1 else ""
+            print(f"{p.name}{how}: {found} -> {lab.name}, {ov.name}, {conf.name}, {js.name}")
     return 0
