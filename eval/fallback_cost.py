@@ -27,8 +27,7 @@ from vlfss.data.perturb import apply_image, parse_perturbation  # noqa: E402
 from vlfss.data.synthetic import generate_scene  # noqa: E402
 from vlfss.io_utils import atomic_write_text  # noqa: E402
 from vlfss.labeling.precision import cpu_flags  # noqa: E402
-from vlfss.modeling.config import SegmenterConfig  # noqa: E402
-from vlfss.modeling.symmetry import SYMMETRIES  # noqa: E402
+from vlfss.modeling.config import SYMMETRIES, SegmenterConfig  # noqa: E402
 from vlfss.segmenter import Segmenter  # noqa: E402
 
 

@@ -71,6 +71,14 @@ class ImageEncoding:
             return "slide" if max(h, w) >= self.cfg.auto_slide_factor * side else "resize"
         return "slide" if s == "slide" else "resize"
 
+    def how_encoded(self, h: int, w: int) -> tuple[str, int]:
+        """(strategy, windows) an h x w image is encoded with: resize / slide / multiscale, and slide's window count
+        (0 otherwise); what every output records."""
+        if self.cfg.inference == "multiscale":
+            return "multiscale", 0
+        boxes = self._plan(h, w, None)[2]
+        return ("slide", len(boxes)) if boxes is not None else ("resize", 0)
+
     def _plan(self, h: int, w: int, side: int | None) -> tuple[tuple[int, int], str, list[tuple[int, int]] | None]:
         """(canvas size, cache tag, windows or None) for an h x w image."""
         if side is not None or self.strategy(h, w) == "resize":

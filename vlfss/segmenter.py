@@ -30,11 +30,10 @@ from .modeling import training_free as tf
 from .modeling.adapt import adapt_head
 from .modeling.backbones import FrozenBackbone, build_backbone
 from .modeling.calibrate import check_calibration
-from .modeling.config import Mode, SegmenterConfig
+from .modeling.config import SYMMETRIES, Mode, SegmenterConfig
 from .modeling.head import SegHead, SupportSide
 from .modeling.head_file import default_head_path, load_head
 from .modeling.prompts import PromptLearner, ensemble_text_embeddings, load_templates
-from .modeling.symmetry import SYMMETRIES
 from .modeling.tta import adapt_validated
 from .modeling.types import ClassSpec, Encoded, SegmentationOutput, input_kind, make_output
 from .request_args import NegativesArg, Support, SupportsArg, TextsArg, load_images, normalise_supports
@@ -316,13 +315,6 @@ class Segmenter(ImageEncoding, nn.Module):
                             *self.how_encoded(*img.shape[:2]))
                 for img, f, qs in zip(imgs, fg, zip(*encoded))]
 
-    def how_encoded(self, h: int, w: int) -> tuple[str, int]:
-        """(strategy, windows) an h x w image is encoded with: resize / slide / multiscale, and slide's window count
-        (0 otherwise); what every output records."""
-        if self.cfg.inference == "multiscale":
-            return "multiscale", 0
-        boxes = self._plan(h, w, None)[2]
-        return ("slide", len(boxes)) if boxes is not None else ("resize", 0)
 
     def refine_logits(self, image: np.ndarray, logits: Tensor, method: str | None = None) -> Tensor:
         """(N+1) x H x W logits of ``image`` after refinement ``method`` (none, PAMR, or PAMR keeping areas; None:

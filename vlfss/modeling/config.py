@@ -13,7 +13,8 @@ Mode = Literal["auto", "training-free", "learned"]
 Inference = Literal["auto", "resize", "slide", "multiscale"]
 INFERENCES: tuple[str, ...] = get_args(Inference)
 Refine = Literal["none", "pamr", "pamr-area"]
-Symmetry = Literal["none", "flip", "d8"]  # vlfss.modeling.symmetry.SYMMETRIES
+Symmetry = Literal["none", "flip", "d8"]  # the grid symmetries vlfss.modeling.symmetry averages over
+SYMMETRIES: tuple[str, ...] = get_args(Symmetry)
 REFINES: tuple[str, ...] = ("none", "pamr", "pamr-area")
 
 

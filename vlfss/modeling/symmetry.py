@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from .backbones.base import FrozenBackbone
+from .config import SYMMETRIES
 from .dense import DenseFeatures
 
-SYMMETRIES = ("none", "flip", "d8")
 Transform = tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]  # (forward, its inverse) on ... x H x W
 
 
